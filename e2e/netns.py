@@ -1,0 +1,184 @@
+"""Network namespaces for the lab and the tests, named and cleaned up safely.
+
+Every namespace is named ``vmo-<run id>-<role>``. A run records its owner's PID
+in ``/run/vmoverlay/<run id>.pid``, so ``vmoverlay-lab down`` can remove the
+namespaces of runs whose process is gone without ever touching a run that is
+still alive, or anything not named ``vmo-``.
+
+Nothing here configures the host's root namespace: links are created inside
+the namespaces (or moved into them at once by the caller).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import netns as pyr_netns
+
+from vmoverlay.logs import get_logger
+
+PREFIX = "vmo-"
+STATE_DIR = Path(os.environ.get("VMOVERLAY_RUN_DIR", "/run/vmoverlay"))
+log = get_logger("lab")
+
+
+class NetnsError(RuntimeError):
+    pass
+
+
+def new_run_id() -> str:
+    """A short random run id: 6 hex characters (namespace names stay under 16 chars)."""
+    return secrets.token_hex(3)
+
+
+def list_namespaces() -> list[str]:
+    return sorted(pyr_netns.listnetns())
+
+
+def _pids_in(name: str) -> list[int]:
+    proc = subprocess.run(
+        ["ip", "netns", "pids", name], capture_output=True, text=True, check=False
+    )
+    return [int(p) for p in proc.stdout.split() if p.isdigit()]
+
+
+def kill_namespace_processes(name: str, *, grace: float = 2.0) -> None:
+    """SIGTERM every process in ``name``, then SIGKILL what is left after ``grace``."""
+    pids = _pids_in(name)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+            time.sleep(0.05)
+        if not pids:
+            return
+
+
+def remove_namespace(name: str) -> None:
+    """Kill what runs in ``name`` and remove it; a namespace already gone is fine."""
+    if not name.startswith(PREFIX):
+        raise NetnsError(f"refusing to remove namespace {name!r}: not a vmoverlay namespace")
+    if name not in list_namespaces():
+        return
+    kill_namespace_processes(name)
+    pyr_netns.remove(name)
+    log.debug("namespace removed", netns=name)
+
+
+class RunNamespaces:
+    """The namespaces of one lab or test run; ``close()`` removes them all.
+
+    Use as a context manager so the namespaces go even when the body fails::
+
+        with RunNamespaces() as run:
+            fabric = run.add("fabric")
+            run.check(fabric, ["ip", "link", "add", "sw0", "type", "bridge"])
+    """
+
+    def __init__(self, run_id: str | None = None) -> None:
+        self.run_id = run_id or new_run_id()
+        self.names: list[str] = []
+        self._closed = False
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        self._pidfile = STATE_DIR / f"{self.run_id}.pid"
+        self._pidfile.write_text(f"{os.getpid()}\n")
+
+    def __enter__(self) -> RunNamespaces:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def name(self, role: str) -> str:
+        return f"{PREFIX}{self.run_id}-{role}"
+
+    def add(self, role: str) -> str:
+        """Create ``vmo-<run id>-<role>`` with loopback up; return its name."""
+        name = self.name(role)
+        if len(name) > 40:
+            raise NetnsError(f"namespace name {name!r} is too long; use a shorter role")
+        if name in list_namespaces():
+            raise NetnsError(f"namespace {name} already exists: is run {self.run_id} reused?")
+        pyr_netns.create(name)
+        self.names.append(name)
+        self.check(name, ["ip", "link", "set", "lo", "up"])
+        log.debug("namespace created", netns=name)
+        return name
+
+    def run(self, ns: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside ``ns`` and wait; output captured as text."""
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("check", False)
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], **kwargs)
+
+    def check(self, ns: str, argv: Sequence[str], **kwargs: Any) -> str:
+        """Run ``argv`` inside ``ns``; raise with its stderr when it fails."""
+        proc = self.run(ns, argv, **kwargs)
+        if proc.returncode != 0:
+            raise NetnsError(
+                f"in {ns}: {' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}"
+            )
+        return str(proc.stdout)
+
+    def popen(self, ns: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside ``ns`` in the background; killed by ``close()``."""
+        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kwargs)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        errors = []
+        for name in reversed(self.names):
+            try:
+                remove_namespace(name)
+            except (OSError, NetnsError) as exc:
+                errors.append(f"{name}: {exc}")
+        # Namespaces created by a child process of this run (same prefix) go too.
+        for name in list_namespaces():
+            if name.startswith(f"{PREFIX}{self.run_id}-"):
+                remove_namespace(name)
+        self._pidfile.unlink(missing_ok=True)
+        self._closed = True
+        if errors:
+            raise NetnsError("could not remove: " + "; ".join(errors))
+
+
+def run_is_alive(run_id: str) -> bool:
+    pidfile = STATE_DIR / f"{run_id}.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return Path(f"/proc/{pid}").exists()
+
+
+def leftover_runs() -> dict[str, list[str]]:
+    """Run id -> namespaces, for every ``vmo-`` run whose owner process is gone."""
+    runs: dict[str, list[str]] = {}
+    for name in list_namespaces():
+        if not name.startswith(PREFIX):
+            continue
+        run_id = name[len(PREFIX) :].split("-", 1)[0]
+        runs.setdefault(run_id, []).append(name)
+    return {run: names for run, names in runs.items() if not run_is_alive(run)}
+
+
+def remove_leftovers() -> Iterator[str]:
+    """Remove the namespaces of dead runs, yielding each name removed."""
+    for run_id, names in leftover_runs().items():
+        for name in names:
+            remove_namespace(name)
+            yield name
+        (STATE_DIR / f"{run_id}.pid").unlink(missing_ok=True)
