@@ -1,0 +1,263 @@
+"""Pure health checks: observed data plane + intent + Nodes + VMs -> findings.
+
+Scenarios:
+- a healthy node yields no finding and exit code 0, and lists every check it ran;
+- a missing device, a wrong VNI / port / local address / master, a device down: broken,
+  naming the property, expected and observed values;
+- a wrong MTU or learning setting: degraded;
+- the underlay MTU too small for the overlay MTU (+50 IPv4, +70 IPv6): broken;
+- a missing all-zero entry for a peer: broken, naming the peer;
+- a permanent entry toward an address that is no node: degraded (stale); a learned one: ignored;
+- two nodes sharing one VTEP address: broken on each of them;
+- VM entries: missing (degraded), pointing at the wrong node (broken; degraded mid-migration),
+  present for a VM running here (broken), a stopped VM ignored; a wrong neighbour MAC: broken;
+- probes: unreachable (broken), full-size lost (broken), missing or stale (degraded);
+- the exit code is the worst severity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vmoverlay import api
+from vxlan_manager.health import checks
+from vxlan_manager.health.findings import Finding, ProbeResult, Severity, exit_code
+from vxlan_manager.health.observed import (
+    ZERO_MAC,
+    BridgeDevice,
+    FdbEntry,
+    Intent,
+    NeighEntry,
+    ObservedNode,
+    UnderlayLink,
+    VxlanDevice,
+)
+
+A, B, C = "198.18.0.1", "198.18.0.2", "198.18.0.3"
+MAC_X = "0a:00:00:00:00:01"
+
+
+def node(name: str, ip: str | None) -> api.Node:
+    return api.Node(name=name, vtep_ip=ip, ready=True, internal_ip=ip)
+
+
+NODES = [node("a", A), node("b", B), node("c", C)]
+
+
+def vm(
+    name: str, on: str | None, *, phase: str = "Running", mac: str = MAC_X
+) -> api.VirtualMachine:
+    net = api.VMNetwork(ip="198.19.0.10", prefix=16, mac=mac, mtu=1450, pool="default")
+    return api.VirtualMachine("db", name, "u-" + name, "1", "default", on, phase, net)
+
+
+INTENT = Intent(node="a", local_ip=A)
+
+
+def healthy(**changes: object) -> ObservedNode:
+    base = ObservedNode(
+        node="a",
+        vxlan=VxlanDevice("vmo-vx0", 5, 4242, 4789, A, 1450, False, True, "vmo-br0"),
+        bridge=BridgeDevice("vmo-br0", 4, 1450, True),
+        underlay=UnderlayLink("eth0", 1500, A),
+        fdb=(FdbEntry(ZERO_MAC, B, True), FdbEntry(ZERO_MAC, C, True)),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def run(observed: ObservedNode, **kw: object) -> list[Finding]:
+    return checks.check_node(INTENT, observed, kw.pop("nodes", NODES), **kw).findings  # type: ignore[arg-type]
+
+
+def only(findings: list[Finding]) -> Finding:
+    assert len(findings) == 1, findings
+    return findings[0]
+
+
+def test_healthy_node_has_no_findings() -> None:
+    obs = healthy(fdb=(*healthy().fdb, FdbEntry(MAC_X, B, True)))
+    report = checks.check_node(INTENT, obs, NODES, [vm("x", "b")], [probe("b"), probe("c")])
+    assert report.findings == []
+    assert report.exit_code == 0
+    assert report.checks == [
+        "vxlan.device",
+        "bridge",
+        "underlay.mtu",
+        "nodes.vtep",
+        "fdb.peers",
+        "fdb.vms",
+        "probes",
+    ]
+
+
+def test_missing_device_is_broken() -> None:
+    f = only(run(healthy(vxlan=None), vms=[]))
+    assert (f.severity, f.node, f.property) == (Severity.BROKEN, "a", "vxlan.device")
+    assert "vmo-vx0" in f.message and "agent" in f.action
+
+
+def test_wrong_vni_port_local_master_each_named() -> None:
+    dev = healthy().vxlan
+    assert dev is not None
+    cases = {
+        "vxlan.vni": (replace(dev, vni=4243), "4242", "4243"),
+        "vxlan.port": (replace(dev, port=8472), "4789", "8472"),
+        "vxlan.local": (replace(dev, local_ip=B), A, B),
+        "vxlan.master": (replace(dev, master=None), "vmo-br0", "unset"),
+    }
+    for prop, (bad, want, have) in cases.items():
+        f = only(run(healthy(vxlan=bad), vms=[]))
+        assert (f.severity, f.property, f.expected, f.observed) == (
+            Severity.BROKEN,
+            prop,
+            want,
+            have,
+        )
+
+
+def test_mtu_and_learning_drift_are_degraded() -> None:
+    dev = healthy().vxlan
+    assert dev is not None
+    f = only(run(healthy(vxlan=replace(dev, mtu=1400)), vms=[]))
+    assert (f.severity, f.property, f.expected, f.observed) == (
+        Severity.DEGRADED,
+        "vxlan.mtu",
+        "1450",
+        "1400",
+    )
+    f = only(run(healthy(vxlan=replace(dev, learning=True)), vms=[]))
+    assert (f.severity, f.property, f.observed) == (Severity.DEGRADED, "vxlan.learning", "on")
+
+
+def test_device_or_bridge_down_is_broken() -> None:
+    dev, br = healthy().vxlan, healthy().bridge
+    assert dev is not None and br is not None
+    assert only(run(healthy(vxlan=replace(dev, up=False)), vms=[])).property == "vxlan.up"
+    f = only(run(healthy(bridge=replace(br, up=False)), vms=[]))
+    assert (f.severity, f.property) == (Severity.BROKEN, "bridge.up")
+    assert only(run(healthy(bridge=None), vms=[])).property == "bridge.device"
+
+
+def test_underlay_too_small_for_overlay_mtu() -> None:
+    # Configured overlay MTU 1450 needs 1500 on an IPv4 underlay; 1499 is one short.
+    intent = replace(INTENT, mtu=1450)
+    obs = healthy(underlay=UnderlayLink("eth0", 1499, A))
+    f = only(checks.check_node(intent, obs, NODES, []).findings)
+    assert (f.severity, f.property, f.expected, f.observed) == (
+        Severity.BROKEN,
+        "underlay.mtu",
+        ">= 1500",
+        "1499",
+    )
+    assert "1449" in f.action
+    ok = healthy(underlay=UnderlayLink("eth0", 1500, A))
+    assert checks.check_node(intent, ok, NODES, []).findings == []
+
+
+def test_ipv6_underlay_needs_70_bytes() -> None:
+    v6a, v6b = "2001:db8::1", "2001:db8::2"
+    intent = Intent(node="a", local_ip=v6a, mtu=1430)
+    nodes = [node("a", v6a), node("b", v6b)]
+    dev = VxlanDevice("vmo-vx0", 5, 4242, 4789, v6a, 1430, False, True, "vmo-br0")
+    obs = ObservedNode(
+        "a",
+        dev,
+        BridgeDevice("vmo-br0", 4, 1430, True),
+        UnderlayLink("eth0", 1499, v6a),
+        fdb=(FdbEntry(ZERO_MAC, v6b, True),),
+    )
+    f = only(checks.check_node(intent, obs, nodes, []).findings)
+    assert (f.property, f.expected) == ("underlay.mtu", ">= 1500")
+    # Derived MTU: underlay 1500 on IPv6 means overlay 1430, so the device is right.
+    obs = replace(obs, underlay=UnderlayLink("eth0", 1500, v6a))
+    assert checks.check_node(replace(intent, mtu=None), obs, nodes, []).findings == []
+
+
+def test_missing_peer_entry_names_the_peer() -> None:
+    f = only(run(healthy(fdb=(FdbEntry(ZERO_MAC, B, True),)), vms=[]))
+    assert (f.severity, f.property, f.peer, f.expected) == (Severity.BROKEN, "fdb.peer", "c", C)
+
+
+def test_stale_entry_toward_no_node_is_degraded() -> None:
+    stale = FdbEntry(ZERO_MAC, "198.18.0.99", True)
+    f = only(run(healthy(fdb=(*healthy().fdb, stale)), vms=[]))
+    assert (f.severity, f.property, f.peer) == (Severity.DEGRADED, "fdb.stale", "198.18.0.99")
+    learned = FdbEntry("0a:11:22:33:44:55", "198.18.0.99", False)
+    assert run(healthy(fdb=(*healthy().fdb, learned)), vms=[]) == []
+
+
+def test_entry_toward_own_vtep_is_flagged() -> None:
+    f = only(run(healthy(fdb=(*healthy().fdb, FdbEntry(ZERO_MAC, A, True))), vms=[]))
+    assert (f.property, f.peer) == ("fdb.self", A)
+
+
+def test_duplicate_vtep_is_broken_on_each_node() -> None:
+    nodes = [node("a", A), node("b", B), node("c", B)]
+    found = checks.check_duplicate_vteps(nodes)
+    assert [(f.node, f.peer, f.severity) for f in found] == [
+        ("b", "c", Severity.BROKEN),
+        ("c", "b", Severity.BROKEN),
+    ]
+    assert checks.check_duplicate_vteps(nodes, only="a") == []
+
+
+def test_vm_entries_follow_vm_status() -> None:
+    right = FdbEntry(MAC_X, B, True)
+    wrong = FdbEntry(MAC_X, C, True)
+    assert run(healthy(fdb=(*healthy().fdb, right)), vms=[vm("x", "b")]) == []
+
+    f = only(run(healthy(), vms=[vm("x", "b")]))
+    assert (f.severity, f.property, f.peer) == (Severity.DEGRADED, "vm.fdb", "db/x")
+
+    f = only(run(healthy(fdb=(*healthy().fdb, wrong)), vms=[vm("x", "b")]))
+    assert (f.severity, f.expected, f.observed) == (Severity.BROKEN, B, C)
+
+    f = only(run(healthy(fdb=(*healthy().fdb, wrong)), vms=[vm("x", "b", phase="Migrating")]))
+    assert f.severity == Severity.DEGRADED
+
+    f = only(run(healthy(fdb=(*healthy().fdb, right)), vms=[vm("x", "a")]))
+    assert (f.severity, f.property, f.observed) == (Severity.BROKEN, "vm.fdb", B)
+
+    assert run(healthy(), vms=[vm("x", "b", phase="Stopped")]) == []
+
+    f = only(run(healthy(), vms=[vm("x", "gone")]))
+    assert (f.property, f.observed) == ("vm.node", "gone")
+
+
+def test_vm_neighbour_with_wrong_mac_is_broken() -> None:
+    good = NeighEntry("198.19.0.10", MAC_X, "vmo-br0", True)
+    bad = NeighEntry("198.19.0.10", "0a:00:00:00:00:99", "vmo-br0", True)
+    fdb = (*healthy().fdb, FdbEntry(MAC_X, B, True))
+    assert run(healthy(fdb=fdb, neighbours=(good,)), vms=[vm("x", "b")]) == []
+    f = only(run(healthy(fdb=fdb, neighbours=(bad,)), vms=[vm("x", "b")]))
+    assert (f.property, f.peer, f.expected) == ("vm.neighbour", "db/x", MAC_X)
+
+
+def probe(peer: str, **kw: object) -> ProbeResult:
+    base = ProbeResult("a", peer, "198.18.255.2", True, 0.0004, True, 1450, 1.0)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_probe_findings() -> None:
+    good = [probe("b"), probe("c")]
+    assert run(healthy(), vms=[], probes=good) == []
+
+    f = only(run(healthy(), vms=[], probes=[probe("b"), probe("c", reachable=False)]))
+    assert (f.severity, f.property, f.peer) == (Severity.BROKEN, "probe.reachable", "c")
+
+    f = only(run(healthy(), vms=[], probes=[probe("b", mtu_ok=False), probe("c")]))
+    assert (f.severity, f.property, f.peer) == (Severity.BROKEN, "probe.mtu", "b")
+
+    f = only(run(healthy(), vms=[], probes=[probe("b")]))
+    assert (f.severity, f.property, f.peer) == (Severity.DEGRADED, "probe.missing", "c")
+
+    f = only(run(healthy(), vms=[], probes=[probe("b"), probe("c", age_seconds=300.0)]))
+    assert (f.severity, f.property) == (Severity.DEGRADED, "probe.stale")
+
+
+def test_exit_code_is_worst_severity() -> None:
+    deg = Finding(Severity.DEGRADED, "a", "x", "m", "do")
+    brk = replace(deg, severity=Severity.BROKEN)
+    assert exit_code([]) == 0
+    assert exit_code([deg]) == 1
+    assert exit_code([deg, brk, deg]) == 2
