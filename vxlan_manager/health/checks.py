@@ -59,7 +59,7 @@ def check_node(
     steps: list[tuple[str, list[Finding]]] = [
         (CHECK_DEVICE, check_vxlan_device(intent, observed.vxlan, mtu)),
         (CHECK_BRIDGE, check_bridge(intent, observed.bridge, mtu)),
-        (CHECK_UNDERLAY, check_underlay_mtu(intent, observed, mtu)),
+        (CHECK_UNDERLAY, check_underlay_mtu(intent, observed)),
         (CHECK_VTEPS, check_duplicate_vteps(nodes, only=intent.node)),
         (CHECK_FDB, check_peer_fdb(intent, observed, vteps)),
         (CHECK_VMS, check_vm_fdb(intent, observed, vms, vteps)),
@@ -110,7 +110,9 @@ def check_vxlan_device(intent: Intent, dev: VxlanDevice | None, mtu: int | None)
     ]
     if intent.local_ip is not None:
         wanted.append(("vxlan.local", intent.local_ip, dev.local_ip, BROKEN))
-    if mtu is not None:
+    # A derived MTU (underlay minus overhead) is only wrong here when the device is
+    # smaller than the underlay allows; larger is the underlay's finding.
+    if mtu is not None and (dev.mtu < mtu or intent.mtu is not None):
         wanted.append(("vxlan.mtu", mtu, dev.mtu, DEGRADED))
     wanted.append(("vxlan.master", intent.bridge_name, dev.master, BROKEN))
     for prop, want, have, severity in wanted:
@@ -146,7 +148,7 @@ def check_bridge(intent: Intent, bridge: BridgeDevice | None, mtu: int | None) -
             )
         ]
     out = []
-    if mtu is not None and bridge.mtu != mtu:
+    if mtu is not None and (bridge.mtu < mtu or (intent.mtu is not None and bridge.mtu != mtu)):
         out.append(
             Finding(
                 DEGRADED,
@@ -175,9 +177,16 @@ def _down(node: str, prop: str, name: str) -> Finding:
     )
 
 
-def check_underlay_mtu(intent: Intent, observed: ObservedNode, mtu: int | None) -> list[Finding]:
-    """The underlay link must carry a full overlay frame plus the VXLAN headers."""
+def check_underlay_mtu(intent: Intent, observed: ObservedNode) -> list[Finding]:
+    """The underlay link must carry a full overlay frame plus the VXLAN headers.
+
+    The overlay MTU that must fit is the largest of the configured one and what
+    the device and bridge actually use: a node whose underlay shrank after the
+    agent derived its MTU still sends frames of the old size.
+    """
     link = observed.underlay
+    sizes = [intent.mtu, *(d.mtu for d in (observed.vxlan, observed.bridge) if d is not None)]
+    mtu = max((s for s in sizes if s is not None), default=None)
     if link is None:
         return [
             Finding(

@@ -1,0 +1,1 @@
+"""Tests of the node agent (vxlan_manager): pure unit tests and root tests in namespaces."""

@@ -1,0 +1,232 @@
+"""``vxlan-manager check``: the fabric health check, on one node or cluster-wide.
+
+On a node (``check``): reads this network namespace's VXLAN device, bridge,
+underlay link, FDB and neighbour entries through netlink, the Nodes and
+VirtualMachines through the Kubernetes API, and the peer probe results from
+the local agent's ``/health`` endpoint; compares them with the intent (the
+same flags, environment and config file the agent takes) and prints findings.
+
+Cluster-wide (``check --cluster``): lists the Nodes, asks every node's agent
+for its own report at ``http://<node address>:<agent port>/health`` and merges
+them: the node-by-node probe matrix (RTT and MTU status) and every finding by
+node. A node whose agent does not answer is itself a finding.
+
+Output: a table for people, ``--json`` for tools (schema in :mod:`.findings`).
+Exit codes: 0 healthy, 1 degraded, 2 broken, 3 the check itself could not run
+(API unreachable, bad flags); the reason is printed on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from kubernetes import client as k8s
+
+from vmoverlay import api, kube
+from vmoverlay.logs import add_logging_args, get_logger, setup_logging
+from vxlan_manager.health.checks import check_duplicate_vteps, check_node
+from vxlan_manager.health.findings import Finding, Report, Severity, render_table
+from vxlan_manager.health.observe import observe_node
+from vxlan_manager.health.observed import Intent
+
+EXIT_CANNOT_CHECK = 3
+DEFAULT_AGENT_PORT = 9464
+HEALTH_PATH = "/health"
+log = get_logger("vxlan-manager")
+
+
+class CheckError(RuntimeError):
+    """The check could not run; the message says why and what to do."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", help="this node's name (default: $VMOVERLAY_NODE_NAME)")
+    parser.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG, else in-cluster)")
+    parser.add_argument("--json", action="store_true", help="print the JSON report")
+    parser.add_argument(
+        "--cluster", action="store_true", help="check every node through its agent's endpoint"
+    )
+    parser.add_argument(
+        "--agent-url",
+        help=f"this node's agent, for probe results (default: http://127.0.0.1:"
+        f"{DEFAULT_AGENT_PORT}{HEALTH_PATH}; 'none' skips probes)",
+    )
+    parser.add_argument(
+        "--agent-port",
+        type=int,
+        default=DEFAULT_AGENT_PORT,
+        help="port of every agent's metrics/health server, for --cluster",
+    )
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds per agent request")
+    intent = parser.add_argument_group("intent (as given to the agent)")
+    intent.add_argument("--vni", type=int, default=4242)
+    intent.add_argument("--port", type=int, default=4789, help="VXLAN UDP port")
+    intent.add_argument("--device", default="vmo-vx0")
+    intent.add_argument("--bridge", default="vmo-br0")
+    intent.add_argument("--underlay-address", help="local VTEP (default: the Node's VTEP)")
+    intent.add_argument("--mtu", type=int, help="overlay MTU (default: underlay - 50/70)")
+    intent.add_argument("--learning", action="store_true", help="the device learns MACs")
+    add_logging_args(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vxlan-manager check", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the check the arguments ask for; print it; return the exit code."""
+    setup_logging(level=args.log_level, fmt=args.log_format)
+    try:
+        report = cluster_report(args) if args.cluster else node_report(args)
+    except (CheckError, kube.KubeError) as exc:
+        print(f"vxlan-manager check: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_CHECK
+    print(json.dumps(report.to_dict(), indent=2) if args.json else render_table(report))
+    return report.exit_code
+
+
+# ---- one node ------------------------------------------------------------------------
+
+
+def node_report(args: argparse.Namespace) -> Report:
+    node = args.node or _env_node()
+    client = kube.load_client(args.kubeconfig)
+    nodes, vms = list_nodes(client), list_vms(client)
+    intent = intent_from_args(args, node, nodes)
+    observed = observe_node(intent)
+
+    url = args.agent_url or f"http://127.0.0.1:{args.agent_port}{HEALTH_PATH}"
+    probes, agent_problem = None, None
+    if url != "none":
+        try:
+            probes = fetch_report(url, args.timeout).probes
+        except CheckError as exc:
+            agent_problem = agent_unreachable(node, str(exc))
+    report = check_node(intent, observed, nodes, vms, probes)
+    if agent_problem is not None:
+        report.findings.append(agent_problem)
+    return report
+
+
+def intent_from_args(args: argparse.Namespace, node: str, nodes: Sequence[api.Node]) -> Intent:
+    local = args.underlay_address
+    if local is None:
+        me = next((n for n in nodes if n.name == node), None)
+        if me is None:
+            raise CheckError(f"node {node} is not in the Node list: check --node")
+        local = me.vtep_ip
+    return Intent(
+        node=node,
+        vxlan_name=args.device,
+        bridge_name=args.bridge,
+        vni=args.vni,
+        port=args.port,
+        local_ip=local,
+        mtu=args.mtu,
+        learning=args.learning,
+    )
+
+
+def _env_node() -> str:
+    node = os.environ.get("VMOVERLAY_NODE_NAME") or os.environ.get("NODE_NAME")
+    if not node:
+        raise CheckError("node name is missing: pass --node NAME or set VMOVERLAY_NODE_NAME")
+    return node
+
+
+# ---- cluster -------------------------------------------------------------------------
+
+
+def cluster_report(args: argparse.Namespace) -> Report:
+    client = kube.load_client(args.kubeconfig)
+    nodes = list_nodes(client)
+    report = Report(scope="cluster", nodes=[n.name for n in nodes], checks=["agents"])
+    report.findings.extend(check_duplicate_vteps(nodes))
+    for node in nodes:
+        address = node.internal_ip or node.vtep_ip
+        if not address:
+            report.findings.append(agent_unreachable(node.name, "the Node has no InternalIP"))
+            continue
+        url = f"http://{_host(address)}:{args.agent_port}{HEALTH_PATH}"
+        try:
+            report.extend(fetch_report(url, args.timeout))
+        except CheckError as exc:
+            report.findings.append(agent_unreachable(node.name, str(exc)))
+    _dedupe_vtep_findings(report)
+    return report
+
+
+def _dedupe_vtep_findings(report: Report) -> None:
+    """Each agent reports duplicate VTEPs for itself; the cluster view did too."""
+    seen: set[tuple[str, str, str | None]] = set()
+    kept = []
+    for f in report.findings:
+        key = (f.node, f.property, f.peer)
+        if f.property == "nodes.vtep" and key in seen:
+            continue
+        seen.add(key)
+        kept.append(f)
+    report.findings[:] = kept
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def agent_unreachable(node: str, why: str) -> Finding:
+    return Finding(
+        Severity.DEGRADED,
+        node,
+        "agent.health",
+        f"the vxlan-manager agent on {node} did not answer: {why}; its data plane is not "
+        "being kept and its probe results are unknown",
+        f"check the agent pod on {node} (is it running? its logs) and that its metrics "
+        "server listens where --agent-port / --agent-url point",
+    )
+
+
+def fetch_report(url: str, timeout: float) -> Report:
+    """The report an agent serves at ``url`` (its own node's findings and probes)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            data = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise CheckError(f"failed to read {url}: {exc}") from exc
+    try:
+        return Report.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckError(f"failed to parse the report from {url}: {exc}") from exc
+
+
+# ---- the API -------------------------------------------------------------------------
+
+
+def list_nodes(client: k8s.ApiClient) -> list[api.Node]:
+    core = k8s.CoreV1Api(client)
+    items = kube.call(core.list_node).items
+    return [api.Node.from_obj(kube.to_dict(client, item)) for item in items]
+
+
+def list_vms(client: k8s.ApiClient) -> list[api.VirtualMachine]:
+    """Every VM with a parsable record; a malformed one is logged and skipped."""
+    objs: list[dict[str, Any]] = kube.CustomObjects(client).list(api.VM_PLURAL)["items"]
+    out = []
+    for obj in objs:
+        try:
+            out.append(api.VirtualMachine.from_obj(obj))
+        except api.InvalidObject as exc:
+            log.warning("skipping malformed VirtualMachine", error=str(exc))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
