@@ -261,3 +261,14 @@ def test_exit_code_is_worst_severity() -> None:
     assert exit_code([]) == 0
     assert exit_code([deg]) == 1
     assert exit_code([deg, brk, deg]) == 2
+
+
+def test_derived_mtu_underlay_shrunk_after_start() -> None:
+    # No configured MTU: the device keeps 1450 while the underlay shrank to 1400.
+    f = only(run(healthy(underlay=UnderlayLink("eth0", 1400, A)), vms=[]))
+    assert (f.property, f.expected, f.observed) == ("underlay.mtu", ">= 1500", "1400")
+    # A device smaller than the underlay allows is a drift (degraded), named on the device.
+    dev = healthy().vxlan
+    assert dev is not None
+    f = only(run(healthy(vxlan=replace(dev, mtu=1400)), vms=[]))
+    assert (f.severity, f.property, f.expected) == (Severity.DEGRADED, "vxlan.mtu", "1450")

@@ -185,8 +185,9 @@ def check_underlay_mtu(intent: Intent, observed: ObservedNode) -> list[Finding]:
     agent derived its MTU still sends frames of the old size.
     """
     link = observed.underlay
-    sizes = [intent.mtu, *(d.mtu for d in (observed.vxlan, observed.bridge) if d is not None)]
-    mtu = max((s for s in sizes if s is not None), default=None)
+    sizes = [(intent.mtu, "configured overlay mtu")] if intent.mtu is not None else []
+    sizes += [(d.mtu, f"{d.name} mtu") for d in (observed.vxlan, observed.bridge) if d]
+    mtu, source = max(sizes, default=(None, ""), key=lambda s: s[0] or 0)
     if link is None:
         return [
             Finding(
@@ -207,7 +208,7 @@ def check_underlay_mtu(intent: Intent, observed: ObservedNode) -> list[Finding]:
             intent.node,
             "underlay.mtu",
             f"underlay link {link.name} mtu {link.mtu} carries overlay frames of at most "
-            f"{link.mtu - overhead} bytes, overlay mtu is {mtu}: full-size frames are "
+            f"{link.mtu - overhead} bytes, {source} is {mtu}: full-size frames are "
             "dropped or fragmented",
             f"raise the MTU of {link.name} to at least {mtu + overhead}, "
             f"or configure the overlay MTU to {link.mtu - overhead} or less",
