@@ -1,0 +1,573 @@
+"""The API semantics over the store: create, read, list, update, patch and delete.
+
+This is where the server behaves like the real one; HTTP parsing lives in the
+handlers, storage in :mod:`e2e.apiserver.store`. The rules implemented here:
+
+- create: ``generateName``, ``uid``, ``creationTimestamp``, ``generation`` 1;
+  409 AlreadyExists on a taken name; 404 when the namespace does not exist;
+  a custom resource's status is dropped when it has a status subresource
+  (set it through ``/status``), a Pod's status starts as ``Pending``.
+- update and patch: 409 Conflict when the body's ``resourceVersion`` is not the
+  current one (an empty one is an unconditional update); the main resource
+  ignores ``status`` when a status subresource exists, ``/status`` ignores all
+  but ``status``; system metadata (uid, creationTimestamp, deletionTimestamp,
+  generation) cannot be changed; ``generation`` increments when anything but
+  metadata (and status, with a status subresource) changes; a write that
+  changes nothing is not stored and does not bump the resourceVersion.
+- custom resources are pruned, defaulted and validated against their CRD's
+  openAPIV3Schema (422 Invalid naming the field).
+- delete: preconditions (uid, resourceVersion) answer 409; an object with
+  finalizers gets ``deletionTimestamp`` and stays until an update removes its
+  last finalizer; removal hands the uid to the garbage collector (background
+  propagation; ``Orphan`` strips the owner reference instead).
+- CRDs register and unregister their resource types; deleting a CRD deletes
+  its objects. Deleting a Namespace marks it Terminating, deletes its contents
+  and removes it once they are gone.
+
+# Limitation: Pods are deleted at once (there is no kubelet to confirm a
+# graceful deletion); Foreground propagation behaves like Background.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from e2e.apiserver import errors
+from e2e.apiserver.errors import ApiError
+from e2e.apiserver.gc import GarbageCollector
+from e2e.apiserver.patch import (
+    APPLY_PATCH,
+    JSON_PATCH,
+    MERGE_PATCH,
+    STRATEGIC_PATCH,
+    PatchError,
+    json_patch,
+    merge_patch,
+    strategic_merge,
+)
+from e2e.apiserver.resources import CRD_KEY, NAMESPACE_KEY, Registry, ResourceType
+from e2e.apiserver.selectors import (
+    SelectorError,
+    fields_match,
+    labels_match,
+    parse_field_selector,
+    parse_label_selector,
+)
+from e2e.apiserver.store import Store, meta
+from e2e.apiserver.validation import prune_and_default, validate_name, validate_schema
+
+Scheduler = Callable[[Callable[[], None]], None]
+
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+SYSTEM_META = (
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+    "resourceVersion",
+)
+_NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def run_now(fn: Callable[[], None]) -> None:
+    fn()
+
+
+class ObjectApi:
+    """The resource operations; every method raises :class:`ApiError` for an error answer."""
+
+    def __init__(self, store: Store, registry: Registry, *, schedule: Scheduler = run_now) -> None:
+        self.store = store
+        self.registry = registry
+        self.schedule = schedule
+        self.gc = GarbageCollector(self, schedule)
+        for crd in store.list_objects(CRD_KEY):
+            registry.register_crd(crd)
+        ns_type = self.builtin("", "namespaces")
+        for name in INITIAL_NAMESPACES:
+            if store.get(NAMESPACE_KEY, "", name) is None:
+                self.create(ns_type, None, {"metadata": {"name": name}})
+
+    def builtin(self, group: str, plural: str) -> ResourceType:
+        for rtype in self.registry.all():
+            if rtype.group == group and rtype.plural == plural:
+                return rtype
+        raise errors.internal(f"resource {plural}.{group} is not registered")
+
+    def resource(self, group: str, version: str, plural: str) -> ResourceType:
+        rtype = self.registry.lookup(group, version, plural)
+        if rtype is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return rtype
+
+    # Reads.
+
+    def get(self, rtype: ResourceType, namespace: str | None, name: str) -> dict[str, Any]:
+        obj = self.store.get(rtype.key, namespace or "", name)
+        if obj is None:
+            raise errors.not_found(rtype.plural, rtype.group, name)
+        return obj
+
+    def list(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        limit: int = 0,
+        continue_token: str | None = None,
+    ) -> dict[str, Any]:
+        match = self.matcher(rtype, label_selector, field_selector)
+        items = [o for o in self.store.list_objects(rtype.key, namespace) if match(o)]
+        list_meta: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
+        if continue_token:
+            start = decode_continue(continue_token)
+            items = [o for o in items if _sort_key(o) > start]
+        if limit and len(items) > limit:
+            rest = len(items) - limit
+            items = items[:limit]
+            list_meta["continue"] = encode_continue(self.store.rv, _sort_key(items[-1]))
+            list_meta["remainingItemCount"] = rest
+        return {
+            "kind": rtype.list_kind,
+            "apiVersion": rtype.api_version,
+            "metadata": list_meta,
+            "items": items,
+        }
+
+    def matcher(
+        self, rtype: ResourceType, label_selector: str | None, field_selector: str | None
+    ) -> Callable[[dict[str, Any]], bool]:
+        try:
+            labels = parse_label_selector(label_selector)
+            fields = parse_field_selector(field_selector, allowed=_field_allowed(rtype))
+        except SelectorError as exc:
+            raise errors.bad_request(str(exc)) from exc
+        if not labels and not fields:
+            return lambda obj: True
+        return lambda obj: labels_match(labels, obj) and fields_match(fields, obj)
+
+    # Create.
+
+    def create(self, rtype: ResourceType, namespace: str | None, body: Any) -> dict[str, Any]:
+        obj = self._checked_body(rtype, body)
+        m = obj["metadata"]
+        self._place(rtype, namespace, m)
+        if not m.get("name"):
+            m["name"] = self._generate_name(rtype, m)
+        name = str(m["name"])
+        self._check_name(rtype, name)
+        if rtype.namespaced and self.store.get(NAMESPACE_KEY, "", m["namespace"]) is None:
+            raise errors.not_found("namespaces", "", m["namespace"])
+        if self.store.get(rtype.key, m.get("namespace") or "", name) is not None:
+            raise errors.already_exists(rtype.plural, rtype.group, name)
+        for field in SYSTEM_META:
+            m.pop(field, None)
+        m["uid"] = str(uuid.uuid4())
+        m["creationTimestamp"] = now()
+        m["generation"] = 1
+        self._initial_status(rtype, obj)
+        self._admit(rtype, obj)
+        stored = self.store.put(rtype.key, obj)
+        if rtype.key == CRD_KEY:
+            self.registry.register_crd(stored)
+        self.gc.check_owners(rtype, stored)
+        return stored
+
+    def _generate_name(self, rtype: ResourceType, m: dict[str, Any]) -> str:
+        prefix = m.get("generateName")
+        if not prefix:
+            raise errors.invalid(
+                rtype.kind,
+                rtype.group,
+                "",
+                [
+                    (
+                        "metadata.name",
+                        "FieldValueRequired",
+                        "metadata.name: Required value: name or generateName is required",
+                    )
+                ],
+            )
+        return str(prefix) + "".join(random.choice(_NAME_CHARS) for _ in range(5))
+
+    def _check_name(self, rtype: ResourceType, name: str) -> None:
+        causes = validate_name(name, label=rtype.plural == "namespaces")
+        if causes:
+            raise errors.invalid(rtype.kind, rtype.group, name, causes)
+
+    def _initial_status(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
+        if rtype.custom and rtype.has_status:
+            obj.pop("status", None)
+        elif rtype.key == "/pods":
+            obj["status"] = {"phase": "Pending"}
+        elif rtype.key == NAMESPACE_KEY:
+            obj["status"] = {"phase": "Active"}
+            obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+        elif rtype.key == CRD_KEY:
+            obj["status"] = crd_status(obj)
+
+    # Update and patch.
+
+    def replace(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        old = self.get(rtype, namespace, name)
+        obj = self._checked_body(rtype, body)
+        m = obj["metadata"]
+        if m.get("name") and m["name"] != name:
+            raise errors.bad_request(
+                f"the name of the object ({m['name']}) does not match the name on the URL ({name})"
+            )
+        self._place(rtype, namespace, m)
+        rv = m.get("resourceVersion")
+        if rv and str(rv) != meta(old).get("resourceVersion"):
+            raise errors.conflict(rtype.plural, rtype.group, name)
+        return self._update(rtype, old, obj, subresource)
+
+    def patch(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        content_type: str,
+        patch: Any,
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        old = self.get(rtype, namespace, name)
+        doc = apply_patch(rtype, old, content_type, patch)
+        if not isinstance(doc, dict):
+            raise errors.bad_request("the patch produced something that is not an object")
+        m = doc.get("metadata")
+        if not isinstance(m, dict):
+            raise errors.bad_request("the patch removed metadata")
+        if m.get("name") != name or (m.get("namespace") or "") != (namespace or ""):
+            raise errors.invalid(
+                rtype.kind,
+                rtype.group,
+                name,
+                [
+                    (
+                        "metadata.name",
+                        "FieldValueInvalid",
+                        "metadata.name: Invalid value: field is immutable",
+                    )
+                ],
+            )
+        if str(m.get("resourceVersion") or "") != meta(old).get("resourceVersion"):
+            if m.get("resourceVersion"):
+                raise errors.conflict(rtype.plural, rtype.group, name)
+        return self._update(rtype, old, doc, subresource)
+
+    def _update(
+        self,
+        rtype: ResourceType,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        subresource: str | None,
+    ) -> dict[str, Any]:
+        candidate = _merge_for_update(rtype, old, new, subresource)
+        candidate["apiVersion"], candidate["kind"] = rtype.api_version, rtype.kind
+        self._admit(rtype, candidate)
+        if _spec_part(rtype, old) != _spec_part(rtype, candidate):
+            candidate["metadata"]["generation"] = int(meta(old).get("generation") or 1) + 1
+        if rtype.key == CRD_KEY:
+            candidate["status"] = crd_status(candidate, old.get("status"))
+        if candidate == old:
+            return old
+        m = candidate["metadata"]
+        if m.get("deletionTimestamp") and not m.get("finalizers"):
+            return self._remove(rtype, candidate, orphan=False, store_first=True)
+        stored = self.store.put(rtype.key, candidate)
+        if rtype.key == CRD_KEY:
+            self.registry.register_crd(stored)
+        return stored
+
+    # Delete.
+
+    def delete(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        old = self.get(rtype, namespace, name)
+        options = options or {}
+        _check_preconditions(rtype, old, options.get("preconditions") or {})
+        policy = options.get("propagationPolicy")
+        orphan = policy == "Orphan" or (policy is None and options.get("orphanDependents") is True)
+        m = meta(old)
+        if m.get("finalizers") or rtype.key == NAMESPACE_KEY:
+            if m.get("deletionTimestamp"):
+                return old
+            marked = copy.deepcopy(old)
+            marked["metadata"]["deletionTimestamp"] = now()
+            marked["metadata"]["deletionGracePeriodSeconds"] = 0
+            if rtype.key == NAMESPACE_KEY:
+                marked.setdefault("status", {})["phase"] = "Terminating"
+            stored = self.store.put(rtype.key, marked)
+            if rtype.key == NAMESPACE_KEY:
+                self.schedule(lambda: self._empty_namespace(name))
+            return stored
+        return self._remove(rtype, old, orphan=orphan)
+
+    def delete_collection(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        listed = self.list(
+            rtype, namespace, label_selector=label_selector, field_selector=field_selector
+        )
+        items = []
+        for obj in listed["items"]:
+            m = meta(obj)
+            try:
+                items.append(self.delete(rtype, m.get("namespace"), m["name"], options))
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
+        return {**listed, "items": items, "metadata": {"resourceVersion": str(self.store.rv)}}
+
+    def _remove(
+        self,
+        rtype: ResourceType,
+        obj: dict[str, Any],
+        *,
+        orphan: bool,
+        store_first: bool = False,
+    ) -> dict[str, Any]:
+        m = meta(obj)
+        namespace, name = str(m.get("namespace") or ""), str(m["name"])
+        if store_first:
+            self.store.put(rtype.key, obj)
+        removed = self.store.remove(rtype.key, namespace, name) or obj
+        self.gc.owner_gone(str(m.get("uid")), namespace if rtype.namespaced else None, orphan)
+        if rtype.key == CRD_KEY:
+            for served in self.registry.unregister_crd(name):
+                self.store.drop_resource(served.key)
+        if rtype.namespaced:
+            ns = self.store.get(NAMESPACE_KEY, "", namespace)
+            if ns is not None and meta(ns).get("deletionTimestamp"):
+                self.schedule(lambda: self._empty_namespace(namespace))
+        return removed
+
+    def _empty_namespace(self, namespace: str) -> None:
+        """Delete what a terminating namespace holds; remove it once nothing is left."""
+        ns = self.store.get(NAMESPACE_KEY, "", namespace)
+        if ns is None or not meta(ns).get("deletionTimestamp"):
+            return
+        left = 0
+        for rtype in {t.key: t for t in self.registry.all() if t.namespaced}.values():
+            for obj in self.store.list_objects(rtype.key, namespace):
+                if not meta(obj).get("deletionTimestamp"):
+                    self.delete(rtype, namespace, meta(obj)["name"])
+                if self.store.get(rtype.key, namespace, meta(obj)["name"]) is not None:
+                    left += 1
+        if left == 0 and self.store.get(NAMESPACE_KEY, "", namespace) is not None:
+            self.store.remove(NAMESPACE_KEY, "", namespace)
+
+    # Helpers.
+
+    def _checked_body(self, rtype: ResourceType, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise errors.bad_request(
+                f"the body of the request must be a JSON object, not {type(body).__name__}"
+            )
+        obj = copy.deepcopy(body)
+        api_version, kind = obj.get("apiVersion"), obj.get("kind")
+        if api_version and api_version != rtype.api_version:
+            raise errors.bad_request(
+                f"the API version in the data ({api_version}) does not match the expected "
+                f"API version ({rtype.api_version})"
+            )
+        if kind and kind != rtype.kind:
+            raise errors.bad_request(
+                f"the kind in the data ({kind}) does not match the expected kind ({rtype.kind})"
+            )
+        obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
+        m = obj.get("metadata")
+        if m is None:
+            m = obj["metadata"] = {}
+        if not isinstance(m, dict):
+            raise errors.bad_request("metadata must be an object")
+        return obj
+
+    def _place(self, rtype: ResourceType, namespace: str | None, m: dict[str, Any]) -> None:
+        if not rtype.namespaced:
+            m.pop("namespace", None)
+            return
+        if m.get("namespace") and namespace and m["namespace"] != namespace:
+            raise errors.bad_request(
+                "the namespace of the provided object does not match the namespace sent on "
+                "the request"
+            )
+        m["namespace"] = namespace or m.get("namespace") or "default"
+
+    def _admit(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
+        """Prune, default and validate a custom resource against its schema."""
+        if rtype.schema is None:
+            return
+        prune_and_default(rtype.schema, obj)
+        causes = validate_schema(rtype.schema, obj)
+        if causes:
+            raise errors.invalid(rtype.kind, rtype.group, str(meta(obj).get("name", "")), causes)
+
+
+def apply_patch(rtype: ResourceType, old: dict[str, Any], content_type: str, patch: Any) -> Any:
+    try:
+        if content_type == JSON_PATCH:
+            return json_patch(old, patch)
+        if content_type == MERGE_PATCH:
+            return merge_patch(old, patch)
+        if content_type == STRATEGIC_PATCH and not rtype.custom:
+            return strategic_merge(old, patch)
+    except PatchError as exc:
+        if exc.test_failed:
+            raise errors.invalid(
+                rtype.kind,
+                rtype.group,
+                str(meta(old).get("name")),
+                [("", "FieldValueInvalid", str(exc))],
+            ) from exc
+        raise errors.bad_request(str(exc)) from exc
+    if content_type == APPLY_PATCH:
+        raise errors.unsupported_media_type(
+            f"{content_type} (server-side apply is not supported by the lab API server)"
+        )
+    raise errors.unsupported_media_type(content_type)
+
+
+def _merge_for_update(
+    rtype: ResourceType, old: dict[str, Any], new: dict[str, Any], subresource: str | None
+) -> dict[str, Any]:
+    if subresource == "status":
+        candidate = copy.deepcopy(old)
+        if "status" in new:
+            candidate["status"] = copy.deepcopy(new["status"])
+        else:
+            candidate.pop("status", None)
+        return candidate
+    candidate = copy.deepcopy(new)
+    if rtype.has_status:
+        if "status" in old:
+            candidate["status"] = copy.deepcopy(old["status"])
+        else:
+            candidate.pop("status", None)
+    m, old_meta = candidate["metadata"], meta(old)
+    for field in SYSTEM_META:
+        if field in old_meta:
+            m[field] = old_meta[field]
+        else:
+            m.pop(field, None)
+    m["name"] = old_meta["name"]
+    if "namespace" in old_meta:
+        m["namespace"] = old_meta["namespace"]
+    return candidate
+
+
+def _spec_part(rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+    skip = {"metadata", "apiVersion", "kind"} | ({"status"} if rtype.has_status else set())
+    return {k: v for k, v in obj.items() if k not in skip}
+
+
+def _check_preconditions(rtype: ResourceType, obj: dict[str, Any], pre: dict[str, Any]) -> None:
+    m = meta(obj)
+    name = str(m.get("name"))
+    if pre.get("uid") and pre["uid"] != m.get("uid"):
+        raise errors.conflict(
+            rtype.plural,
+            rtype.group,
+            name,
+            f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {m.get('uid')}",
+        )
+    if pre.get("resourceVersion") and str(pre["resourceVersion"]) != m.get("resourceVersion"):
+        raise errors.conflict(
+            rtype.plural,
+            rtype.group,
+            name,
+            "Precondition failed: ResourceVersion in precondition: "
+            f"{pre['resourceVersion']}, ResourceVersion in object meta: {m.get('resourceVersion')}",
+        )
+
+
+def _field_allowed(rtype: ResourceType) -> Callable[[str], bool] | None:
+    if rtype.custom:
+        return lambda path: path in ("metadata.name", "metadata.namespace")
+    return None
+
+
+def _sort_key(obj: dict[str, Any]) -> str:
+    m = meta(obj)
+    return f"{m.get('namespace') or ''}/{m.get('name')}"
+
+
+def encode_continue(rv: int, start: str) -> str:
+    raw = json.dumps({"v": "lab/1", "rv": rv, "start": start}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_continue(token: str) -> str:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return str(data["start"])
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise errors.bad_request(f"continue key is not valid: {exc}") from exc
+
+
+def crd_status(crd: dict[str, Any], previous: Any = None) -> dict[str, Any]:
+    """Established and NamesAccepted, keeping the first transition time across updates."""
+    names = (crd.get("spec") or {}).get("names") or {}
+    stamp = now()
+    if isinstance(previous, dict):
+        for cond in previous.get("conditions") or []:
+            if cond.get("type") == "Established" and cond.get("lastTransitionTime"):
+                stamp = str(cond["lastTransitionTime"])
+    return {
+        "acceptedNames": names,
+        "conditions": [
+            {
+                "type": "NamesAccepted",
+                "status": "True",
+                "reason": "NoConflicts",
+                "message": "no conflicts found",
+                "lastTransitionTime": stamp,
+            },
+            {
+                "type": "Established",
+                "status": "True",
+                "reason": "InitialNamesAccepted",
+                "message": "the initial names have been accepted",
+                "lastTransitionTime": stamp,
+            },
+        ],
+        "storedVersions": [
+            v.get("name") for v in (crd.get("spec") or {}).get("versions") or [] if v.get("storage")
+        ],
+    }

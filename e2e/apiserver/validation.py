@@ -1,0 +1,274 @@
+"""Validation, pruning and defaulting of objects, as the real API server does them.
+
+- :func:`validate_name` checks ``metadata.name`` (RFC 1123 subdomain, or label
+  for namespaces).
+- :func:`prune_and_default` removes fields a structural CRD schema does not
+  declare (unless ``x-kubernetes-preserve-unknown-fields``), drops nulls from
+  non-nullable fields, and fills ``default`` values.
+- :func:`validate_schema` checks types, ``required``, ``enum``, ``pattern``,
+  ``minimum``/``maximum`` (and exclusive forms), ``minLength``/``maxLength``,
+  ``minItems``/``maxItems``; it returns causes in the server's words, for example
+  ``spec.cidr: Invalid value: "x": spec.cidr in body should match '^...$'``.
+
+All pure functions over plain dicts; the caller turns causes into 422 Invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+Cause = tuple[str, str, str]  # (field, reason type, message)
+
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ROOT_FIELDS = ("apiVersion", "kind", "metadata")
+
+
+def validate_name(name: str, *, label: bool = False) -> list[Cause]:
+    if label:
+        if len(name) > 63 or not _LABEL.match(name):
+            return [
+                (
+                    "metadata.name",
+                    "FieldValueInvalid",
+                    f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 label must '
+                    "consist of lower case alphanumeric characters or '-', and must start and "
+                    "end with an alphanumeric character",
+                )
+            ]
+        return []
+    if len(name) > 253 or not _SUBDOMAIN.match(name):
+        return [
+            (
+                "metadata.name",
+                "FieldValueInvalid",
+                f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain must '
+                "consist of lower case alphanumeric characters, '-' or '.', and must start and "
+                "end with an alphanumeric character",
+            )
+        ]
+    return []
+
+
+def prune_and_default(schema: dict[str, Any], obj: dict[str, Any]) -> None:
+    """Prune unknown fields and apply defaults in place (root metadata is left alone)."""
+    props = schema.get("properties") or {}
+    for key in list(obj):
+        if key in ROOT_FIELDS:
+            continue
+        if key in props:
+            obj[key] = _prune(props[key], obj[key])
+            if obj[key] is None and not props[key].get("nullable"):
+                del obj[key]
+        elif not schema.get("x-kubernetes-preserve-unknown-fields"):
+            del obj[key]
+    _defaults(props, obj, skip=ROOT_FIELDS)
+
+
+def _prune(schema: dict[str, Any], value: Any) -> Any:
+    if schema.get("x-kubernetes-preserve-unknown-fields") and not schema.get("properties"):
+        return value
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        if props is None and isinstance(extra, dict):
+            return {k: _prune(extra, v) for k, v in value.items()}
+        if props is None:
+            return value if extra or schema.get("type") != "object" else {}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in props:
+                pruned = _prune(props[key], item)
+                if pruned is None and not props[key].get("nullable"):
+                    continue
+                out[key] = pruned
+            elif schema.get("x-kubernetes-preserve-unknown-fields"):
+                out[key] = item
+        _defaults(props, out)
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_prune(schema["items"], item) for item in value]
+    return value
+
+
+def _defaults(props: dict[str, Any], obj: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+    for key, sub in props.items():
+        if key not in obj and key not in skip and "default" in sub:
+            obj[key] = json.loads(json.dumps(sub["default"]))
+
+
+def validate_schema(schema: dict[str, Any], obj: dict[str, Any]) -> list[Cause]:
+    causes: list[Cause] = []
+    props = schema.get("properties") or {}
+    for req in schema.get("required") or []:
+        if req not in obj:
+            causes.append((req, "FieldValueRequired", f"{req}: Required value"))
+    for key, value in obj.items():
+        if key in ROOT_FIELDS or key not in props:
+            continue
+        _check(props[key], value, key, causes)
+    return causes
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict | list):
+        return '"' + type(value).__name__ + '"'
+    return json.dumps(value)
+
+
+def _type_ok(wanted: str, value: Any) -> bool:
+    if wanted in ("integer", "number") and isinstance(value, bool):
+        return False
+    if wanted == "integer" and isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, _TYPES.get(wanted, (object,)))
+
+
+def _check(schema: dict[str, Any], value: Any, path: str, causes: list[Cause]) -> None:
+    if value is None:
+        if not schema.get("nullable"):
+            causes.append(
+                (
+                    path,
+                    "FieldValueTypeInvalid",
+                    f'{path}: Invalid value: "null": {path} in body must be of type {schema.get("type", "object")}: "null"',
+                )
+            )
+        return
+    if schema.get("x-kubernetes-int-or-string"):
+        if not isinstance(value, int | str) or isinstance(value, bool):
+            causes.append(
+                (
+                    path,
+                    "FieldValueTypeInvalid",
+                    f"{path}: Invalid value: {_shown(value)}: {path} in body must be of type int-or-string",
+                )
+            )
+        return
+    wanted = schema.get("type")
+    if wanted and not _type_ok(wanted, value):
+        causes.append(
+            (
+                path,
+                "FieldValueTypeInvalid",
+                f"{path}: Invalid value: {_shown(value)}: {path} in body must be of type "
+                f'{wanted}: "{_json_type(value)}"',
+            )
+        )
+        return
+    _check_value(schema, value, path, causes)
+    if isinstance(value, dict):
+        _check_object(schema, value, path, causes)
+    elif isinstance(value, list):
+        _check_array(schema, value, path, causes)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _check_value(schema: dict[str, Any], value: Any, path: str, causes: list[Cause]) -> None:
+    enum = schema.get("enum")
+    if enum is not None and value not in enum:
+        supported = ", ".join(json.dumps(v) for v in enum)
+        causes.append(
+            (
+                path,
+                "FieldValueNotSupported",
+                f"{path}: Unsupported value: {_shown(value)}: supported values: {supported}",
+            )
+        )
+    if isinstance(value, str):
+        _check_string(schema, value, path, causes)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        _check_number(schema, value, path, causes)
+
+
+def _invalid(path: str, value: Any, text: str) -> Cause:
+    return (
+        path,
+        "FieldValueInvalid",
+        f"{path}: Invalid value: {_shown(value)}: {path} in body {text}",
+    )
+
+
+def _check_string(schema: dict[str, Any], value: str, path: str, causes: list[Cause]) -> None:
+    pattern = schema.get("pattern")
+    if pattern is not None and not re.search(pattern, value):
+        causes.append(_invalid(path, value, f"should match '{pattern}'"))
+    if "minLength" in schema and len(value) < int(schema["minLength"]):
+        causes.append(_invalid(path, value, f"should be at least {schema['minLength']} chars long"))
+    if "maxLength" in schema and len(value) > int(schema["maxLength"]):
+        causes.append(_invalid(path, value, f"may not be longer than {schema['maxLength']}"))
+
+
+def _check_number(schema: dict[str, Any], value: float, path: str, causes: list[Cause]) -> None:
+    if "minimum" in schema:
+        low = schema["minimum"]
+        if schema.get("exclusiveMinimum") and value <= low:
+            causes.append(_invalid(path, value, f"should be greater than {low}"))
+        elif value < low:
+            causes.append(_invalid(path, value, f"should be greater than or equal to {low}"))
+    if "maximum" in schema:
+        high = schema["maximum"]
+        if schema.get("exclusiveMaximum") and value >= high:
+            causes.append(_invalid(path, value, f"should be less than {high}"))
+        elif value > high:
+            causes.append(_invalid(path, value, f"should be less than or equal to {high}"))
+
+
+def _check_object(
+    schema: dict[str, Any], value: dict[str, Any], path: str, causes: list[Cause]
+) -> None:
+    for req in schema.get("required") or []:
+        if req not in value:
+            causes.append((f"{path}.{req}", "FieldValueRequired", f"{path}.{req}: Required value"))
+    props = schema.get("properties") or {}
+    extra = schema.get("additionalProperties")
+    for key, item in value.items():
+        sub = props.get(key)
+        if sub is None and isinstance(extra, dict):
+            sub = extra
+        if sub is not None:
+            _check(sub, item, f"{path}.{key}", causes)
+
+
+def _check_array(schema: dict[str, Any], value: list[Any], path: str, causes: list[Cause]) -> None:
+    if "minItems" in schema and len(value) < int(schema["minItems"]):
+        causes.append(_invalid(path, value, f"should have at least {schema['minItems']} items"))
+    if "maxItems" in schema and len(value) > int(schema["maxItems"]):
+        causes.append(
+            (
+                path,
+                "FieldValueTooMany",
+                f"{path}: Too many: {len(value)}: must have at most {schema['maxItems']} items",
+            )
+        )
+    items = schema.get("items")
+    if isinstance(items, dict):
+        for i, item in enumerate(value):
+            _check(items, item, f"{path}[{i}]", causes)

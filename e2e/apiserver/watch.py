@@ -1,0 +1,186 @@
+"""Watch streams: newline-delimited JSON events, as the real server sends them.
+
+A watch starts from a resourceVersion:
+
+- none or ``"0"``: a synthetic ADDED for every current object, then changes;
+- ``R``: every change after R, replayed from the store's history, then live
+  ones. When the history no longer reaches back to R the stream carries a
+  single ERROR event whose object is a 410 Expired ``Status`` and ends, which is
+  what the real server does and what ``kubernetes.watch.Watch`` expects.
+
+With a label or field selector, an object that starts matching is sent as
+ADDED and one that stops matching as DELETED. ``allowWatchBookmarks`` adds a
+BOOKMARK every ``bookmark_interval`` seconds; ``sendInitialEvents`` ends the
+initial ADDED events with the ``k8s.io/initial-events-end`` bookmark.
+``timeoutSeconds`` ends the stream cleanly.
+
+The subscription is made before the replay, so no event can fall between the
+replay and the live part; events at or below the last one sent are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from e2e.apiserver import errors
+from e2e.apiserver.resources import ResourceType
+from e2e.apiserver.store import Event, Store
+
+DEFAULT_TIMEOUT = 1800.0
+
+
+class WatchRequest:
+    def __init__(
+        self,
+        *,
+        rtype: ResourceType,
+        namespace: str | None,
+        resource_version: str | None,
+        match: Callable[[dict[str, Any]], bool],
+        timeout: float,
+        bookmarks: bool,
+        initial_events_end: bool,
+    ) -> None:
+        self.rtype = rtype
+        self.namespace = namespace
+        self.resource_version = resource_version
+        self.match = match
+        self.timeout = timeout
+        self.bookmarks = bookmarks
+        self.initial_events_end = initial_events_end
+
+
+def _line(kind: str, obj: dict[str, Any]) -> bytes:
+    return (json.dumps({"type": kind, "object": obj}, separators=(",", ":")) + "\n").encode()
+
+
+def _bookmark(rtype: ResourceType, rv: int, initial_end: bool = False) -> bytes:
+    m: dict[str, Any] = {"resourceVersion": str(rv)}
+    if initial_end:
+        m["annotations"] = {"k8s.io/initial-events-end": "true"}
+    return _line("BOOKMARK", {"kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": m})
+
+
+def translate(event: Event, req: WatchRequest) -> bytes | None:
+    """The line a watcher with this filter gets for ``event``, or None."""
+    if req.namespace is not None and event.namespace != req.namespace:
+        return None
+    now_match = req.match(event.obj)
+    if event.type == "ADDED":
+        return event.line() if now_match else None
+    if event.type == "DELETED":
+        return event.line() if now_match else None
+    was_match = event.old is not None and req.match(event.old)
+    if now_match and was_match:
+        return event.line()
+    if now_match:
+        return _line("ADDED", event.obj)
+    if was_match:
+        return _line("DELETED", event.obj)
+    return None
+
+
+async def serve_watch(
+    request: web.Request, store: Store, req: WatchRequest, bookmark_interval: float
+) -> web.StreamResponse:
+    start_rv = _parse_rv(req.resource_version)
+    sub = store.subscribe(req.rtype.key)
+    try:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if start_rv is not None and not store.can_replay(start_rv):
+            status = errors.gone(
+                f"too old resource version: {start_rv} ({store.floor + 1})"
+            ).status()
+            await response.write(_line("ERROR", status))
+            await response.write_eof()
+            return response
+        last = await _send_initial(response, store, req, start_rv)
+        await _follow(response, sub.queue, req, last, bookmark_interval)
+        await response.write_eof()
+        return response
+    except (ConnectionResetError, asyncio.CancelledError):
+        # The client went away; nothing to answer.
+        return web.StreamResponse()
+    finally:
+        store.unsubscribe(sub)
+
+
+def _parse_rv(text: str | None) -> int | None:
+    if text in (None, "", "0"):
+        return None
+    try:
+        return int(str(text))
+    except ValueError as exc:
+        raise errors.bad_request(f"invalid resource version: {text!r}") from exc
+
+
+async def _send_initial(
+    response: web.StreamResponse, store: Store, req: WatchRequest, start_rv: int | None
+) -> int:
+    last = store.rv
+    chunks: list[bytes] = []
+    if start_rv is None:
+        for obj in store.list_objects(req.rtype.key, req.namespace):
+            if req.match(obj):
+                chunks.append(_line("ADDED", obj))
+        if req.initial_events_end and req.bookmarks:
+            chunks.append(_bookmark(req.rtype, last, initial_end=True))
+    else:
+        for event in store.events_after(req.rtype.key, start_rv):
+            line = translate(event, req)
+            if line is not None:
+                chunks.append(line)
+    if chunks:
+        await response.write(b"".join(chunks))
+    return last
+
+
+async def _follow(
+    response: web.StreamResponse,
+    queue: asyncio.Queue[Event | None],
+    req: WatchRequest,
+    last: int,
+    bookmark_interval: float,
+) -> None:
+    deadline = time.monotonic() + req.timeout
+    next_bookmark = time.monotonic() + bookmark_interval
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            return
+        wait = deadline - now
+        if req.bookmarks:
+            wait = min(wait, max(0.0, next_bookmark - now))
+        try:
+            event = await asyncio.wait_for(queue.get(), timeout=wait)
+        except TimeoutError:
+            if req.bookmarks and time.monotonic() >= next_bookmark:
+                await response.write(_bookmark(req.rtype, last))
+                next_bookmark = time.monotonic() + bookmark_interval
+            continue
+        if event is None:
+            return
+        if event.rv <= last:
+            continue
+        last = event.rv
+        chunks = [line] if (line := translate(event, req)) is not None else []
+        while not queue.empty():
+            more = queue.get_nowait()
+            if more is None:
+                if chunks:
+                    await response.write(b"".join(chunks))
+                return
+            if more.rv > last:
+                last = more.rv
+                if (line := translate(more, req)) is not None:
+                    chunks.append(line)
+        if chunks:
+            await response.write(b"".join(chunks))
