@@ -1,0 +1,169 @@
+"""Test topology: node namespaces on a fabric bridge, VM namespaces on node bridges.
+
+Every link is created inside a test namespace (veth pairs are made in the
+fabric or node namespace with their peer placed straight into the other
+namespace); nothing touches the root namespace. Underlay 198.18.0.0/24 (IPv6:
+the benchmarking prefix 2001:2::/64), overlay 198.19.0.0/16.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from e2e.netns import RunNamespaces
+
+VENV_BIN = ".venv/bin"
+
+
+@dataclass
+class NodeNs:
+    name: str  # Kubernetes node name
+    ns: str  # network namespace
+    ip: str  # underlay address
+    ip6: str | None = None
+
+
+class Fabric:
+    def __init__(self, run: RunNamespaces) -> None:
+        self.run = run
+        self.fabric = run.add("fab")
+        run.check(self.fabric, ["ip", "link", "add", "sw0", "type", "bridge"])
+        run.check(self.fabric, ["ip", "link", "set", "sw0", "up"])
+        self.nodes: list[NodeNs] = []
+
+    def add_node(self, name: str, index: int, *, mtu: int = 1500, ipv6: bool = False) -> NodeNs:
+        ns = self.run.add(name)
+        port = f"u-{name}"
+        self.run.check(
+            self.fabric,
+            [
+                "ip",
+                "link",
+                "add",
+                port,
+                "mtu",
+                str(mtu),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+                "mtu",
+                str(mtu),
+            ],
+        )
+        self.run.check(self.fabric, ["ip", "link", "set", port, "master", "sw0", "up"])
+        ip = f"198.18.0.{10 + index}"
+        self.run.check(ns, ["ip", "addr", "add", f"{ip}/24", "dev", "eth0"])
+        ip6 = None
+        if ipv6:
+            ip6 = f"2001:2::{10 + index}"
+            self.run.check(ns, ["ip", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad"])
+        self.run.check(ns, ["ip", "link", "set", "eth0", "up"])
+        node = NodeNs(name, ns, ip, ip6)
+        self.nodes.append(node)
+        return node
+
+    def add_vm(self, node: NodeNs, role: str, ip: str, *, mac: str, mtu: int) -> str:
+        """A VM namespace with eth0 (``mac``, ``ip``/16) plugged into the node's bridge."""
+        ns = self.run.add(role)
+        port = f"p-{role}"[:15]
+        self.run.check(
+            node.ns,
+            [
+                "ip",
+                "link",
+                "add",
+                port,
+                "mtu",
+                str(mtu),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+                "mtu",
+                str(mtu),
+            ],
+        )
+        self.run.check(node.ns, ["ip", "link", "set", port, "master", "vmo-br0", "up"])
+        self.run.check(ns, ["ip", "link", "set", "eth0", "address", mac])
+        self.run.check(ns, ["ip", "addr", "add", f"{ip}/16", "dev", "eth0"])
+        self.run.check(ns, ["ip", "link", "set", "eth0", "up"])
+        return ns
+
+
+def link_json(run: RunNamespaces, ns: str, name: str) -> dict[str, Any] | None:
+    proc = run.run(ns, ["ip", "-d", "-j", "link", "show", "dev", name])
+    if proc.returncode != 0:
+        return None
+    data: list[dict[str, Any]] = json.loads(proc.stdout)
+    return data[0]
+
+
+def vxlan_info(run: RunNamespaces, ns: str, name: str) -> dict[str, Any]:
+    link = link_json(run, ns, name)
+    assert link is not None, f"{name} missing in {ns}"
+    data: dict[str, Any] = link["linkinfo"]["info_data"]
+    return {
+        "ifindex": link["ifindex"],
+        "mtu": link["mtu"],
+        "master": link.get("master"),
+        "up": "UP" in link["flags"],
+        "vni": data.get("id"),
+        "port": data.get("port"),
+        "local": data.get("local") or data.get("local6"),
+        "learning": data.get("learning"),
+    }
+
+
+def fdb(run: RunNamespaces, ns: str, dev: str = "vmo-vx0") -> set[tuple[str, str]]:
+    """(mac, dst) of the static ``self`` entries on ``dev``."""
+    proc = run.run(ns, ["bridge", "-j", "fdb", "show", "dev", dev])
+    if proc.returncode != 0:
+        return set()
+    return {
+        (e["mac"], e["dst"])
+        for e in json.loads(proc.stdout or "[]")
+        if "dst" in e and "self" in e.get("flags", [])
+    }
+
+
+def ping(
+    run: RunNamespaces,
+    ns: str,
+    ip: str,
+    *,
+    count: int = 1,
+    size: int | None = None,
+    df: bool = False,
+    timeout: float = 2,
+) -> subprocess.CompletedProcess[str]:
+    argv = ["ping", "-n", "-c", str(count), "-W", str(int(timeout)), "-i", "0.2"]
+    if size is not None:
+        argv += ["-s", str(size)]
+    if df:
+        argv += ["-M", "do"]
+    return run.run(ns, [*argv, ip])
+
+
+def wait_for(
+    cond: Callable[[], Any], *, timeout: float, interval: float = 0.02, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
