@@ -4,13 +4,16 @@ Scenarios:
 - a healthy node yields no finding and exit code 0, and lists every check it ran;
 - a missing device, a wrong VNI / port / local address / master, a device down: broken,
   naming the property, expected and observed values;
-- a wrong MTU or learning setting: degraded;
+- a wrong MTU or learning setting: degraded; a derived MTU larger than a shrunk underlay
+  allows is the underlay's finding, not the device's;
 - the underlay MTU too small for the overlay MTU (+50 IPv4, +70 IPv6): broken;
 - a missing all-zero entry for a peer: broken, naming the peer;
-- a permanent entry toward an address that is no node: degraded (stale); a learned one: ignored;
+- a permanent entry toward an address that is no node, or for a MAC no VM has: degraded (stale);
+- no interface holds the node's VTEP address: broken (underlay.link);
 - two nodes sharing one VTEP address: broken on each of them;
 - VM entries: missing (degraded), pointing at the wrong node (broken; degraded mid-migration),
-  present for a VM running here (broken), a stopped VM ignored; a wrong neighbour MAC: broken;
+  present for a VM running here (broken), a stopped VM ignored, a VM on an unknown node
+  reported (degraded); a wrong neighbour MAC: broken;
 - probes: unreachable (broken), full-size lost (broken), missing or stale (degraded);
 - the exit code is the worst severity.
 """
@@ -20,18 +23,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vmoverlay import api
+from vxlan_manager.config import AgentConfig, InterfaceInfo
+from vxlan_manager.desired import ZERO_MAC, FdbEntry, NeighEntry, VxlanSpec
 from vxlan_manager.health import checks
 from vxlan_manager.health.findings import Finding, ProbeResult, Severity, exit_code
-from vxlan_manager.health.observed import (
-    ZERO_MAC,
-    BridgeDevice,
-    FdbEntry,
-    Intent,
-    NeighEntry,
-    ObservedNode,
-    UnderlayLink,
-    VxlanDevice,
-)
+from vxlan_manager.health.observed import ObservedNode
+from vxlan_manager.netlink import Link
 
 A, B, C = "198.18.0.1", "198.18.0.2", "198.18.0.3"
 MAC_X = "0a:00:00:00:00:01"
@@ -51,22 +48,41 @@ def vm(
     return api.VirtualMachine("db", name, "u-" + name, "1", "default", on, phase, net)
 
 
-INTENT = Intent(node="a", local_ip=A)
+CFG = AgentConfig(node="a")
+
+
+def vxlan_link(mtu: int = 1450, *, up: bool = True, **spec: object) -> Link:
+    base = VxlanSpec("vmo-vx0", 4242, 4789, A, mtu, False, "vmo-br0")
+    return Link(5, "vmo-vx0", "vxlan", mtu, 4, up, None, replace(base, **spec))  # type: ignore[arg-type]
+
+
+def bridge_link(mtu: int = 1450, *, up: bool = True) -> Link:
+    return Link(4, "vmo-br0", "bridge", mtu, None, up, None, None)
+
+
+def eth0(mtu: int = 1500, ip: str = A) -> tuple[InterfaceInfo, ...]:
+    return (InterfaceInfo("eth0", 3, mtu, (ip,)),)
 
 
 def healthy(**changes: object) -> ObservedNode:
     base = ObservedNode(
         node="a",
-        vxlan=VxlanDevice("vmo-vx0", 5, 4242, 4789, A, 1450, False, True, "vmo-br0"),
-        bridge=BridgeDevice("vmo-br0", 4, 1450, True),
-        underlay=UnderlayLink("eth0", 1500, A),
-        fdb=(FdbEntry(ZERO_MAC, B, True), FdbEntry(ZERO_MAC, C, True)),
+        vxlan=vxlan_link(),
+        bridge=bridge_link(),
+        interfaces=eth0(),
+        fdb=frozenset({FdbEntry(ZERO_MAC, B), FdbEntry(ZERO_MAC, C)}),
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
+def with_fdb(*extra: FdbEntry) -> ObservedNode:
+    return healthy(fdb=healthy().fdb | set(extra))
+
+
 def run(observed: ObservedNode, **kw: object) -> list[Finding]:
-    return checks.check_node(INTENT, observed, kw.pop("nodes", NODES), **kw).findings  # type: ignore[arg-type]
+    cfg = kw.pop("cfg", CFG)
+    nodes = kw.pop("nodes", NODES)
+    return checks.check_node(cfg, observed, nodes, **kw).findings  # type: ignore[arg-type]
 
 
 def only(findings: list[Finding]) -> Finding:
@@ -75,14 +91,14 @@ def only(findings: list[Finding]) -> Finding:
 
 
 def test_healthy_node_has_no_findings() -> None:
-    obs = healthy(fdb=(*healthy().fdb, FdbEntry(MAC_X, B, True)))
-    report = checks.check_node(INTENT, obs, NODES, [vm("x", "b")], [probe("b"), probe("c")])
+    obs = with_fdb(FdbEntry(MAC_X, B))
+    report = checks.check_node(CFG, obs, NODES, [vm("x", "b")], [probe("b"), probe("c")])
     assert report.findings == []
     assert report.exit_code == 0
     assert report.checks == [
+        "underlay",
         "vxlan.device",
         "bridge",
-        "underlay.mtu",
         "nodes.vtep",
         "fdb.peers",
         "fdb.vms",
@@ -97,13 +113,11 @@ def test_missing_device_is_broken() -> None:
 
 
 def test_wrong_vni_port_local_master_each_named() -> None:
-    dev = healthy().vxlan
-    assert dev is not None
     cases = {
-        "vxlan.vni": (replace(dev, vni=4243), "4242", "4243"),
-        "vxlan.port": (replace(dev, port=8472), "4789", "8472"),
-        "vxlan.local": (replace(dev, local_ip=B), A, B),
-        "vxlan.master": (replace(dev, master=None), "vmo-br0", "unset"),
+        "vxlan.vni": (vxlan_link(vni=4243), "4242", "4243"),
+        "vxlan.port": (vxlan_link(port=8472), "4789", "8472"),
+        "vxlan.local": (vxlan_link(local=B), A, B),
+        "vxlan.master": (vxlan_link(master=None), "vmo-br0", "unset"),
     }
     for prop, (bad, want, have) in cases.items():
         f = only(run(healthy(vxlan=bad), vms=[]))
@@ -116,33 +130,28 @@ def test_wrong_vni_port_local_master_each_named() -> None:
 
 
 def test_mtu_and_learning_drift_are_degraded() -> None:
-    dev = healthy().vxlan
-    assert dev is not None
-    f = only(run(healthy(vxlan=replace(dev, mtu=1400)), vms=[]))
+    f = only(run(healthy(vxlan=vxlan_link(1400)), vms=[]))
     assert (f.severity, f.property, f.expected, f.observed) == (
         Severity.DEGRADED,
         "vxlan.mtu",
         "1450",
         "1400",
     )
-    f = only(run(healthy(vxlan=replace(dev, learning=True)), vms=[]))
+    f = only(run(healthy(vxlan=vxlan_link(learning=True)), vms=[]))
     assert (f.severity, f.property, f.observed) == (Severity.DEGRADED, "vxlan.learning", "on")
 
 
-def test_device_or_bridge_down_is_broken() -> None:
-    dev, br = healthy().vxlan, healthy().bridge
-    assert dev is not None and br is not None
-    assert only(run(healthy(vxlan=replace(dev, up=False)), vms=[])).property == "vxlan.up"
-    f = only(run(healthy(bridge=replace(br, up=False)), vms=[]))
+def test_device_or_bridge_down_or_missing_is_broken() -> None:
+    assert only(run(healthy(vxlan=vxlan_link(up=False)), vms=[])).property == "vxlan.up"
+    f = only(run(healthy(bridge=bridge_link(up=False)), vms=[]))
     assert (f.severity, f.property) == (Severity.BROKEN, "bridge.up")
     assert only(run(healthy(bridge=None), vms=[])).property == "bridge.device"
 
 
-def test_underlay_too_small_for_overlay_mtu() -> None:
+def test_underlay_too_small_for_configured_mtu() -> None:
     # Configured overlay MTU 1450 needs 1500 on an IPv4 underlay; 1499 is one short.
-    intent = replace(INTENT, mtu=1450)
-    obs = healthy(underlay=UnderlayLink("eth0", 1499, A))
-    f = only(checks.check_node(intent, obs, NODES, []).findings)
+    cfg = replace(CFG, mtu=1450)
+    f = only(run(healthy(interfaces=eth0(1499)), vms=[], cfg=cfg))
     assert (f.severity, f.property, f.expected, f.observed) == (
         Severity.BROKEN,
         "underlay.mtu",
@@ -150,44 +159,57 @@ def test_underlay_too_small_for_overlay_mtu() -> None:
         "1499",
     )
     assert "1449" in f.action
-    ok = healthy(underlay=UnderlayLink("eth0", 1500, A))
-    assert checks.check_node(intent, ok, NODES, []).findings == []
+    assert run(healthy(), vms=[], cfg=cfg) == []
+
+
+def test_derived_mtu_underlay_shrunk_after_start() -> None:
+    # No configured MTU: the device keeps 1450 while the underlay shrank to 1400.
+    f = only(run(healthy(interfaces=eth0(1400)), vms=[]))
+    assert (f.property, f.expected, f.observed) == ("underlay.mtu", ">= 1500", "1400")
+    assert "vmo-vx0 mtu is 1450" in f.message
+    # A device smaller than the underlay allows is a drift (degraded), named on the device.
+    f = only(run(healthy(vxlan=vxlan_link(1400)), vms=[]))
+    assert (f.severity, f.property, f.expected) == (Severity.DEGRADED, "vxlan.mtu", "1450")
 
 
 def test_ipv6_underlay_needs_70_bytes() -> None:
     v6a, v6b = "2001:db8::1", "2001:db8::2"
-    intent = Intent(node="a", local_ip=v6a, mtu=1430)
     nodes = [node("a", v6a), node("b", v6b)]
-    dev = VxlanDevice("vmo-vx0", 5, 4242, 4789, v6a, 1430, False, True, "vmo-br0")
     obs = ObservedNode(
         "a",
-        dev,
-        BridgeDevice("vmo-br0", 4, 1430, True),
-        UnderlayLink("eth0", 1499, v6a),
-        fdb=(FdbEntry(ZERO_MAC, v6b, True),),
+        vxlan_link(1430, local=v6a),
+        bridge_link(1430),
+        eth0(1499, v6a),
+        fdb=frozenset({FdbEntry(ZERO_MAC, v6b)}),
     )
-    f = only(checks.check_node(intent, obs, nodes, []).findings)
+    cfg = replace(CFG, mtu=1430)
+    f = only(run(obs, vms=[], cfg=cfg, nodes=nodes))
     assert (f.property, f.expected) == ("underlay.mtu", ">= 1500")
     # Derived MTU: underlay 1500 on IPv6 means overlay 1430, so the device is right.
-    obs = replace(obs, underlay=UnderlayLink("eth0", 1500, v6a))
-    assert checks.check_node(replace(intent, mtu=None), obs, nodes, []).findings == []
+    assert run(replace(obs, interfaces=eth0(1500, v6a)), vms=[], nodes=nodes) == []
+
+
+def test_no_underlay_is_broken() -> None:
+    f = only(run(healthy(interfaces=eth0(ip="198.18.0.77")), vms=[]))
+    assert (f.severity, f.property) == (Severity.BROKEN, "underlay.link")
+    assert A in f.message
 
 
 def test_missing_peer_entry_names_the_peer() -> None:
-    f = only(run(healthy(fdb=(FdbEntry(ZERO_MAC, B, True),)), vms=[]))
+    f = only(run(healthy(fdb=frozenset({FdbEntry(ZERO_MAC, B)})), vms=[]))
     assert (f.severity, f.property, f.peer, f.expected) == (Severity.BROKEN, "fdb.peer", "c", C)
 
 
-def test_stale_entry_toward_no_node_is_degraded() -> None:
-    stale = FdbEntry(ZERO_MAC, "198.18.0.99", True)
-    f = only(run(healthy(fdb=(*healthy().fdb, stale)), vms=[]))
+def test_stale_entries_are_degraded() -> None:
+    f = only(run(with_fdb(FdbEntry(ZERO_MAC, "198.18.0.99")), vms=[]))
     assert (f.severity, f.property, f.peer) == (Severity.DEGRADED, "fdb.stale", "198.18.0.99")
-    learned = FdbEntry("0a:11:22:33:44:55", "198.18.0.99", False)
-    assert run(healthy(fdb=(*healthy().fdb, learned)), vms=[]) == []
+    # A VM MAC toward a real node, but no VM has that MAC any more.
+    f = only(run(with_fdb(FdbEntry("0a:11:22:33:44:55", B)), vms=[]))
+    assert (f.severity, f.property, f.peer) == (Severity.DEGRADED, "fdb.stale", B)
 
 
 def test_entry_toward_own_vtep_is_flagged() -> None:
-    f = only(run(healthy(fdb=(*healthy().fdb, FdbEntry(ZERO_MAC, A, True))), vms=[]))
+    f = only(run(with_fdb(FdbEntry(ZERO_MAC, A)), vms=[]))
     assert (f.property, f.peer) == ("fdb.self", A)
 
 
@@ -202,35 +224,46 @@ def test_duplicate_vtep_is_broken_on_each_node() -> None:
 
 
 def test_vm_entries_follow_vm_status() -> None:
-    right = FdbEntry(MAC_X, B, True)
-    wrong = FdbEntry(MAC_X, C, True)
-    assert run(healthy(fdb=(*healthy().fdb, right)), vms=[vm("x", "b")]) == []
+    right, wrong = FdbEntry(MAC_X, B), FdbEntry(MAC_X, C)
+    assert run(with_fdb(right), vms=[vm("x", "b")]) == []
 
     f = only(run(healthy(), vms=[vm("x", "b")]))
     assert (f.severity, f.property, f.peer) == (Severity.DEGRADED, "vm.fdb", "db/x")
 
-    f = only(run(healthy(fdb=(*healthy().fdb, wrong)), vms=[vm("x", "b")]))
-    assert (f.severity, f.expected, f.observed) == (Severity.BROKEN, B, C)
+    f = only(run(with_fdb(wrong), vms=[vm("x", "b")]))
+    assert (f.severity, f.property, f.peer, f.expected, f.observed) == (
+        Severity.BROKEN,
+        "vm.fdb",
+        "db/x",
+        B,
+        C,
+    )
 
-    f = only(run(healthy(fdb=(*healthy().fdb, wrong)), vms=[vm("x", "b", phase="Migrating")]))
+    f = only(run(with_fdb(wrong), vms=[vm("x", "b", phase="Migrating")]))
     assert f.severity == Severity.DEGRADED
 
-    f = only(run(healthy(fdb=(*healthy().fdb, right)), vms=[vm("x", "a")]))
+    f = only(run(with_fdb(right), vms=[vm("x", "a")]))
     assert (f.severity, f.property, f.observed) == (Severity.BROKEN, "vm.fdb", B)
 
     assert run(healthy(), vms=[vm("x", "b", phase="Stopped")]) == []
 
     f = only(run(healthy(), vms=[vm("x", "gone")]))
-    assert (f.property, f.observed) == ("vm.node", "gone")
+    assert (f.severity, f.property) == (Severity.DEGRADED, "vm.record")
+    assert "gone" in f.message
 
 
 def test_vm_neighbour_with_wrong_mac_is_broken() -> None:
-    good = NeighEntry("198.19.0.10", MAC_X, "vmo-br0", True)
-    bad = NeighEntry("198.19.0.10", "0a:00:00:00:00:99", "vmo-br0", True)
-    fdb = (*healthy().fdb, FdbEntry(MAC_X, B, True))
-    assert run(healthy(fdb=fdb, neighbours=(good,)), vms=[vm("x", "b")]) == []
-    f = only(run(healthy(fdb=fdb, neighbours=(bad,)), vms=[vm("x", "b")]))
-    assert (f.property, f.peer, f.expected) == ("vm.neighbour", "db/x", MAC_X)
+    good = NeighEntry("198.19.0.10", MAC_X)
+    bad = NeighEntry("198.19.0.10", "0a:00:00:00:00:99")
+    obs = with_fdb(FdbEntry(MAC_X, B))
+    assert run(replace(obs, neighbours=frozenset({good})), vms=[vm("x", "b")]) == []
+    f = only(run(replace(obs, neighbours=frozenset({bad})), vms=[vm("x", "b")]))
+    assert (f.severity, f.property, f.peer, f.expected) == (
+        Severity.BROKEN,
+        "vm.neighbour",
+        "db/x",
+        MAC_X,
+    )
 
 
 def probe(peer: str, **kw: object) -> ProbeResult:
@@ -261,14 +294,3 @@ def test_exit_code_is_worst_severity() -> None:
     assert exit_code([]) == 0
     assert exit_code([deg]) == 1
     assert exit_code([deg, brk, deg]) == 2
-
-
-def test_derived_mtu_underlay_shrunk_after_start() -> None:
-    # No configured MTU: the device keeps 1450 while the underlay shrank to 1400.
-    f = only(run(healthy(underlay=UnderlayLink("eth0", 1400, A)), vms=[]))
-    assert (f.property, f.expected, f.observed) == ("underlay.mtu", ">= 1500", "1400")
-    # A device smaller than the underlay allows is a drift (degraded), named on the device.
-    dev = healthy().vxlan
-    assert dev is not None
-    f = only(run(healthy(vxlan=replace(dev, mtu=1400)), vms=[]))
-    assert (f.severity, f.property, f.expected) == (Severity.DEGRADED, "vxlan.mtu", "1450")

@@ -1,5 +1,10 @@
 """Pure health checks: observed data plane + intent + Nodes + VMs -> findings.
 
+The intent is the agent's own desired state (:mod:`vxlan_manager.desired`) for
+the same configuration, Nodes and VMs, and device drift is the agent's own
+``diff_device``: the check reports exactly what the agent would repair, plus
+what it cannot (underlay MTU, duplicate VTEPs, probe results).
+
 Each ``check_*`` function looks at one concern and returns the findings it has
 (none when all is well). :func:`check_node` runs them all for one node and
 returns a :class:`~.findings.Report` listing which checks ran. Nothing here
@@ -15,34 +20,40 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 
 from vmoverlay import api
-from vxlan_manager.health.findings import Finding, ProbeResult, Report, Severity
-from vxlan_manager.health.observed import (
-    BridgeDevice,
-    Intent,
-    ObservedNode,
-    VxlanDevice,
-    encap_overhead,
+from vxlan_manager.config import AgentConfig, ConfigError, Underlay, resolve_underlay
+from vxlan_manager.desired import (
+    KIND_FLOOD,
+    ZERO_MAC,
+    BridgeSpec,
+    DesiredState,
+    FdbEntry,
+    VxlanSpec,
+    desired_state,
+    diff_device,
 )
+from vxlan_manager.health.findings import Finding, ProbeResult, Report, Severity
+from vxlan_manager.health.observed import ObservedNode, encap_overhead
+from vxlan_manager.netlink import Link
 
 BROKEN, DEGRADED = Severity.BROKEN, Severity.DEGRADED
 
+CHECK_UNDERLAY = "underlay"
 CHECK_DEVICE = "vxlan.device"
 CHECK_BRIDGE = "bridge"
-CHECK_UNDERLAY = "underlay.mtu"
 CHECK_VTEPS = "nodes.vtep"
 CHECK_FDB = "fdb.peers"
 CHECK_VMS = "fdb.vms"
 CHECK_PROBES = "probes"
 
-# VMs in these phases have no port anywhere; their entries are not checked.
-_INACTIVE_PHASES = (api.PHASE_STOPPED, api.PHASE_PENDING)
+# Attributes the kernel cannot be without for traffic to flow; the rest only degrade.
+_BREAKING = {"vni", "port", "external", "local", "master"}
 
 
 def check_node(
-    intent: Intent,
+    cfg: AgentConfig,
     observed: ObservedNode,
     nodes: Sequence[api.Node],
     vms: Sequence[api.VirtualMachine],
@@ -50,33 +61,50 @@ def check_node(
     *,
     probe_max_age: float = 30.0,
 ) -> Report:
-    """Every check for one node. ``probes=None``: probe results unavailable, not checked."""
-    report = Report(scope="node", nodes=[intent.node])
-    vteps = vtep_map(nodes)
-    underlay_mtu = observed.underlay.mtu if observed.underlay else None
-    mtu = intent.overlay_mtu(underlay_mtu)
+    """Every check for node ``cfg.node``; ``probes=None``: probe results unavailable.
 
-    steps: list[tuple[str, list[Finding]]] = [
-        (CHECK_DEVICE, check_vxlan_device(intent, observed.vxlan, mtu)),
-        (CHECK_BRIDGE, check_bridge(intent, observed.bridge, mtu)),
-        (CHECK_UNDERLAY, check_underlay_mtu(intent, observed)),
-        (CHECK_VTEPS, check_duplicate_vteps(nodes, only=intent.node)),
-        (CHECK_FDB, check_peer_fdb(intent, observed, vteps)),
-        (CHECK_VMS, check_vm_fdb(intent, observed, vms, vteps)),
+    The intent is the agent's own desired state for this configuration, these
+    Nodes and VMs; the underlay is resolved from the observed interfaces the way
+    the agent resolves it at start.
+    """
+    node = cfg.node
+    report = Report(scope="node", nodes=[node])
+    steps: list[tuple[str, list[Finding]]] = []
+    me = next((n for n in nodes if n.name == node), None)
+    try:
+        underlay = resolve_underlay(
+            cfg, node_vtep=me.vtep_ip if me else None, interfaces=observed.interfaces
+        )
+    except ConfigError as exc:
+        steps.append((CHECK_UNDERLAY, [_no_underlay(node, str(exc))]))
+        steps.append((CHECK_DEVICE, _exists(node, cfg.device, observed.vxlan, "vxlan.device")))
+        steps.append((CHECK_BRIDGE, _exists(node, cfg.bridge, observed.bridge, "bridge.device")))
+        return _finish(report, steps)
+
+    desired = desired_state(cfg, underlay, nodes, vms, bridge_networks=observed.bridge_networks)
+    derived = cfg.mtu is None
+    steps += [
+        (CHECK_UNDERLAY, check_underlay_mtu(cfg, underlay, observed)),
+        (CHECK_DEVICE, check_vxlan_device(node, desired.device, observed.vxlan, derived)),
+        (CHECK_BRIDGE, check_bridge(node, desired.bridge, observed.bridge, derived)),
+        (CHECK_VTEPS, check_duplicate_vteps(nodes, only=node)),
     ]
+    if observed.vxlan is not None:
+        steps.append((CHECK_FDB, check_peer_fdb(node, cfg.device, desired, observed)))
+        migrating = {vm.key for vm in vms if vm.phase == api.PHASE_MIGRATING}
+        steps.append((CHECK_VMS, check_vm_entries(node, cfg.device, desired, observed, migrating)))
     if probes is not None:
-        peers = [n for n in nodes if n.name != intent.node and n.vtep_ip]
-        steps.append((CHECK_PROBES, check_probes(intent.node, peers, probes, probe_max_age)))
+        peers = [p.node for p in desired.peers]
+        steps.append((CHECK_PROBES, check_probes(node, peers, probes, probe_max_age)))
         report.probes.extend(probes)
+    return _finish(report, steps)
+
+
+def _finish(report: Report, steps: list[tuple[str, list[Finding]]]) -> Report:
     for name, found in steps:
         report.checks.append(name)
         report.findings.extend(found)
     return report
-
-
-def vtep_map(nodes: Iterable[api.Node]) -> dict[str, str]:
-    """Node name -> VTEP address, for nodes that have one."""
-    return {n.name: n.vtep_ip for n in nodes if n.vtep_ip}
 
 
 def _restart_agent(node: str) -> str:
@@ -86,82 +114,90 @@ def _restart_agent(node: str) -> str:
     )
 
 
-# ---- device and bridge ---------------------------------------------------------------
+def _no_underlay(node: str, why: str) -> Finding:
+    return Finding(
+        BROKEN,
+        node,
+        "underlay.link",
+        f"cannot resolve the underlay of {node}: {why}",
+        f"check the underlay address of {node} (InternalIP or {api.VTEP_ANNOTATION}) "
+        "and the agent's --underlay-address / --underlay-interface",
+    )
 
 
-def check_vxlan_device(intent: Intent, dev: VxlanDevice | None, mtu: int | None) -> list[Finding]:
-    node, name = intent.node, intent.vxlan_name
-    if dev is None:
-        return [
-            Finding(
-                BROKEN,
-                node,
-                "vxlan.device",
-                f"VXLAN device {name} does not exist: no overlay traffic in or out",
-                _restart_agent(node),
-                expected=name,
-            )
-        ]
-    out = []
-    wanted: list[tuple[str, object, object, Severity]] = [
-        ("vxlan.vni", intent.vni, dev.vni, BROKEN),
-        ("vxlan.port", intent.port, dev.port, BROKEN),
-        ("vxlan.learning", intent.learning, dev.learning, DEGRADED),
+def _exists(node: str, name: str, link: Link | None, prop: str) -> list[Finding]:
+    if link is not None:
+        return []
+    what = "VXLAN device" if prop.startswith("vxlan") else "bridge"
+    cut = "no overlay traffic in or out" if what != "bridge" else "local VMs are cut off"
+    return [
+        Finding(
+            BROKEN,
+            node,
+            prop,
+            f"{what} {name} does not exist: {cut}",
+            _restart_agent(node),
+            expected=name,
+        )
     ]
-    if intent.local_ip is not None:
-        wanted.append(("vxlan.local", intent.local_ip, dev.local_ip, BROKEN))
-    # A derived MTU (underlay minus overhead) is only wrong here when the device is
-    # smaller than the underlay allows; larger is the underlay's finding.
-    if mtu is not None and (dev.mtu < mtu or intent.mtu is not None):
-        wanted.append(("vxlan.mtu", mtu, dev.mtu, DEGRADED))
-    wanted.append(("vxlan.master", intent.bridge_name, dev.master, BROKEN))
-    for prop, want, have, severity in wanted:
-        if want != have:
-            attr = prop.split(".", 1)[1]
-            out.append(
-                Finding(
-                    severity,
-                    node,
-                    prop,
-                    f"{name} {attr} is {_show(have)}, intended {_show(want)}",
-                    _restart_agent(node) + f" (it repairs {attr} in place or recreates {name})",
-                    expected=_show(want),
-                    observed=_show(have),
-                )
+
+
+# ---- device, bridge, underlay --------------------------------------------------------
+
+
+def check_vxlan_device(
+    node: str, wanted: VxlanSpec, link: Link | None, derived_mtu: bool
+) -> list[Finding]:
+    """The device matches the wanted spec (the agent's own diff), is up, and is a port."""
+    missing = _exists(node, wanted.name, link, "vxlan.device")
+    if missing or link is None or link.vxlan is None:
+        return missing
+    out = []
+    for diff in diff_device(wanted, link.vxlan):
+        # A derived MTU larger than the underlay allows is the underlay's finding.
+        if diff.attribute == "mtu" and derived_mtu and link.mtu > wanted.mtu:
+            continue
+        severity = BROKEN if diff.attribute in _BREAKING else DEGRADED
+        fix = "in place" if diff.in_place else f"by recreating {wanted.name}"
+        out.append(
+            Finding(
+                severity,
+                node,
+                f"vxlan.{diff.attribute}",
+                f"{wanted.name} {diff.attribute} is {_show(diff.actual)}, "
+                f"intended {_show(diff.wanted)}",
+                _restart_agent(node) + f" (it repairs {diff.attribute} {fix})",
+                expected=_show(diff.wanted),
+                observed=_show(diff.actual),
             )
-    if not dev.up:
-        out.append(_down(node, "vxlan.up", name))
+        )
+    if not link.up:
+        out.append(_down(node, "vxlan.up", wanted.name))
     return out
 
 
-def check_bridge(intent: Intent, bridge: BridgeDevice | None, mtu: int | None) -> list[Finding]:
-    node, name = intent.node, intent.bridge_name
-    if bridge is None:
-        return [
-            Finding(
-                BROKEN,
-                node,
-                "bridge.device",
-                f"bridge {name} does not exist: VMs on {node} are cut off from the overlay",
-                _restart_agent(node),
-                expected=name,
-            )
-        ]
+def check_bridge(
+    node: str, wanted: BridgeSpec, link: Link | None, derived_mtu: bool
+) -> list[Finding]:
+    missing = _exists(node, wanted.name, link, "bridge.device")
+    if missing or link is None:
+        return missing
     out = []
-    if mtu is not None and (bridge.mtu < mtu or (intent.mtu is not None and bridge.mtu != mtu)):
+    too_big_is_underlays = derived_mtu and link.mtu > wanted.mtu
+    if link.mtu != wanted.mtu and not too_big_is_underlays:
         out.append(
             Finding(
                 DEGRADED,
                 node,
                 "bridge.mtu",
-                f"{name} mtu is {bridge.mtu}, intended {mtu}",
-                _restart_agent(node) + f" (it sets the MTU of {name} and its ports)",
-                expected=str(mtu),
-                observed=str(bridge.mtu),
+                f"{wanted.name} mtu is {link.mtu}, intended {wanted.mtu}",
+                _restart_agent(node) + f" (it sets the MTU of {wanted.name} and its ports)",
+                expected=str(wanted.mtu),
+                observed=str(link.mtu),
             )
         )
-    if not bridge.up:
-        out.append(_down(node, "bridge.up", name))
+    if not link.up:
+        out.append(_down(node, "bridge.up", wanted.name))
     return out
 
 
@@ -177,43 +213,37 @@ def _down(node: str, prop: str, name: str) -> Finding:
     )
 
 
-def check_underlay_mtu(intent: Intent, observed: ObservedNode) -> list[Finding]:
+def check_underlay_mtu(
+    cfg: AgentConfig, underlay: Underlay, observed: ObservedNode
+) -> list[Finding]:
     """The underlay link must carry a full overlay frame plus the VXLAN headers.
 
     The overlay MTU that must fit is the largest of the configured one and what
     the device and bridge actually use: a node whose underlay shrank after the
     agent derived its MTU still sends frames of the old size.
     """
-    link = observed.underlay
-    sizes = [(intent.mtu, "configured overlay mtu")] if intent.mtu is not None else []
+    sizes = [(cfg.mtu, "configured overlay mtu")] if cfg.mtu is not None else []
     sizes += [(d.mtu, f"{d.name} mtu") for d in (observed.vxlan, observed.bridge) if d]
-    mtu, source = max(sizes, default=(None, ""), key=lambda s: s[0] or 0)
-    if link is None:
-        return [
-            Finding(
-                BROKEN,
-                intent.node,
-                "underlay.link",
-                f"no link holds the local VTEP address {intent.local_ip or '(unknown)'}",
-                f"check the underlay address of {intent.node} and the agent's --local-ip",
-                expected=intent.local_ip,
-            )
-        ]
-    overhead = encap_overhead(link.address)
-    if mtu is None or link.mtu >= mtu + overhead:
+    if not sizes:
+        return []
+    mtu, source = max(sizes, key=lambda s: s[0] or 0)
+    assert mtu is not None
+    overhead = encap_overhead(underlay.family)
+    link_mtu, name = underlay.interface_mtu, underlay.interface
+    if link_mtu >= mtu + overhead:
         return []
     return [
         Finding(
             BROKEN,
-            intent.node,
+            cfg.node,
             "underlay.mtu",
-            f"underlay link {link.name} mtu {link.mtu} carries overlay frames of at most "
-            f"{link.mtu - overhead} bytes, {source} is {mtu}: full-size frames are "
+            f"underlay link {name} mtu {link_mtu} carries overlay frames of at most "
+            f"{link_mtu - overhead} bytes, {source} is {mtu}: full-size frames are "
             "dropped or fragmented",
-            f"raise the MTU of {link.name} to at least {mtu + overhead}, "
-            f"or configure the overlay MTU to {link.mtu - overhead} or less",
+            f"raise the MTU of {name} to at least {mtu + overhead}, "
+            f"or configure the overlay MTU to {link_mtu - overhead} or less",
             expected=f">= {mtu + overhead}",
-            observed=str(link.mtu),
+            observed=str(link_mtu),
         )
     ]
 
@@ -254,194 +284,152 @@ def check_duplicate_vteps(nodes: Sequence[api.Node], *, only: str | None = None)
 
 
 def check_peer_fdb(
-    intent: Intent, observed: ObservedNode, vteps: Mapping[str, str]
+    node: str, dev: str, desired: DesiredState, observed: ObservedNode
 ) -> list[Finding]:
-    """An all-zero entry toward every other node's VTEP, and none toward anything else."""
-    if observed.vxlan is None:
-        return []  # already reported as a missing device
-    node, dev = intent.node, intent.vxlan_name
-    flood_dsts = {_norm_ip(e.dst) for e in observed.fdb if e.is_flood and e.dst}
-    own = {_norm_ip(vteps[node])} if node in vteps else set()
-    if intent.local_ip:
-        own.add(_norm_ip(intent.local_ip))
+    """An all-zero entry toward every peer's VTEP; none toward anything that is no node."""
     out = []
-    for peer, vtep in sorted(vteps.items()):
-        if peer == node or _norm_ip(vtep) in own:
-            continue
-        if _norm_ip(vtep) not in flood_dsts:
+    for peer in desired.peers:
+        if FdbEntry(ZERO_MAC, peer.vtep) not in observed.fdb:
             out.append(
                 Finding(
                     BROKEN,
                     node,
                     "fdb.peer",
-                    f"no all-zero FDB entry on {dev} toward {peer} ({vtep}): broadcast and "
-                    f"ARP do not reach {peer}",
+                    f"no all-zero FDB entry on {dev} toward {peer.node} ({peer.vtep}): "
+                    f"broadcast and ARP do not reach {peer.node}",
                     _restart_agent(node) + f"; or `bridge fdb append 00:00:00:00:00:00 dev "
-                    f"{dev} dst {vtep}`",
-                    peer=peer,
-                    expected=vtep,
+                    f"{dev} dst {peer.vtep}`",
+                    peer=peer.node,
+                    expected=peer.vtep,
                 )
             )
-    known = {_norm_ip(v) for v in vteps.values()}
-    for entry in observed.fdb:
-        if not entry.permanent or not entry.dst:
-            continue
-        dst = _norm_ip(entry.dst)
-        if dst in own:
-            out.append(_self_entry(node, dev, entry.mac, entry.dst))
-        elif dst not in known:
-            out.append(
-                Finding(
-                    DEGRADED,
-                    node,
-                    "fdb.stale",
-                    f"FDB entry {entry.mac} on {dev} points at {entry.dst}, which is no "
-                    "node's VTEP: frames sent there are lost",
-                    "the agent removes entries it owns at its next resync; otherwise "
-                    f"`bridge fdb del {entry.mac} dev {dev} dst {entry.dst}`",
-                    peer=entry.dst,
-                    observed=entry.dst,
-                )
-            )
+    own = desired.device.local
+    known = {p.vtep for p in desired.peers}
+    # MACs of VMs (remote or here) are the VM check's to report.
+    vm_macs = {v.mac for v in (*desired.remote_vms, *desired.local_vms)}
+    for entry in sorted(observed.fdb - desired.fdb):
+        if entry.dst == own:
+            out.append(_stale(node, dev, entry, "fdb.self", "this node's own VTEP"))
+        elif entry.dst not in known:
+            out.append(_stale(node, dev, entry, "fdb.stale", "no node's VTEP"))
+        elif entry.kind != KIND_FLOOD and entry.mac not in vm_macs:
+            out.append(_stale(node, dev, entry, "fdb.stale", "a node where no VM has that MAC"))
     return out
 
 
-def _self_entry(node: str, dev: str, mac: str, dst: str) -> Finding:
+def _stale(node: str, dev: str, entry: FdbEntry, prop: str, what: str) -> Finding:
     return Finding(
         DEGRADED,
         node,
-        "fdb.self",
-        f"FDB entry {mac} on {dev} points at this node's own VTEP {dst}",
-        f"`bridge fdb del {mac} dev {dev} dst {dst}`; then check who added it",
-        peer=dst,
-        observed=dst,
+        prop,
+        f"FDB entry {entry.mac} on {dev} points at {entry.dst}, {what}: frames sent "
+        "there are lost or looped",
+        "the agent removes entries it owns at its next resync; otherwise "
+        f"`bridge fdb del {entry.mac} dev {dev} dst {entry.dst}`",
+        peer=entry.dst,
+        observed=entry.dst,
     )
 
 
-def check_vm_fdb(
-    intent: Intent,
+def check_vm_entries(
+    node: str,
+    dev: str,
+    desired: DesiredState,
     observed: ObservedNode,
-    vms: Sequence[api.VirtualMachine],
-    vteps: Mapping[str, str],
+    migrating: Set[str] = frozenset(),
 ) -> list[Finding]:
-    """FDB (and neighbour) entries for VMs agree with where each VM's status says it runs."""
-    if observed.vxlan is None:
-        return []
-    node, dev = intent.node, intent.vxlan_name
-    entries: dict[str, list[str]] = defaultdict(list)
+    """VM FDB and neighbour entries agree with where each VM's status says it runs.
+
+    An entry toward the wrong node is broken, except for a VM in ``migrating``
+    (keys): mid-migration an entry may lag status.node for a moment.
+    """
+    have: dict[str, list[str]] = defaultdict(list)
     for e in observed.fdb:
-        if not e.is_flood and e.dst:
-            entries[e.mac.lower()].append(_norm_ip(e.dst))
+        if e.kind != KIND_FLOOD:
+            have[e.mac].append(e.dst)
     out: list[Finding] = []
-    for vm in vms:
-        if vm.network is None or not vm.node or vm.phase in _INACTIVE_PHASES or vm.deleting:
+    for vm in desired.remote_vms:
+        dsts = sorted(have.get(vm.mac, []))
+        if vm.vtep in dsts and len(dsts) == 1:
             continue
-        mac = vm.network.mac.lower()
-        have = entries.get(mac, [])
-        if vm.node == node:
-            if have:
-                out.append(_local_vm_sent_away(node, dev, vm, have))
-            continue
-        if vm.node not in vteps:
+        if not dsts:
             out.append(
                 Finding(
                     DEGRADED,
                     node,
-                    "vm.node",
-                    f"VM {vm.key} runs on {vm.node}, which is no Node with a VTEP address",
-                    f"check status.node of VirtualMachine {vm.key} and Node {vm.node}",
-                    peer=vm.key,
-                    observed=vm.node,
+                    "vm.fdb",
+                    f"no FDB entry for VM {vm.vm} ({vm.mac}) toward {vm.node} ({vm.vtep}): "
+                    "its frames are flooded to every node until learned",
+                    _restart_agent(node) + " (it programs an entry per remote VM)",
+                    peer=vm.vm,
+                    expected=vm.vtep,
                 )
             )
             continue
-        out.extend(_remote_vm_entry(node, dev, vm, have, vteps[vm.node]))
-    out.extend(_vm_neighbours(node, observed, vms))
-    return out
-
-
-def _remote_vm_entry(
-    node: str, dev: str, vm: api.VirtualMachine, have: list[str], vtep: str
-) -> list[Finding]:
-    assert vm.network is not None and vm.node is not None
-    mac = vm.network.mac
-    if not have:
-        return [
+        out.append(
             Finding(
-                DEGRADED,
+                DEGRADED if vm.vm in migrating else BROKEN,
                 node,
                 "vm.fdb",
-                f"no FDB entry for VM {vm.key} ({mac}) toward {vm.node} ({vtep}): its frames "
-                "are flooded to every node until learned",
-                _restart_agent(node) + " (it programs an entry per remote VM)",
-                peer=vm.key,
-                expected=vtep,
+                f"FDB entry for VM {vm.vm} ({vm.mac}) points at {', '.join(dsts)}, but the VM "
+                f"runs on {vm.node} ({vm.vtep})",
+                _restart_agent(node)
+                + f"; or `bridge fdb replace {vm.mac} dev {dev} dst {vm.vtep}`",
+                peer=vm.vm,
+                expected=vm.vtep,
+                observed=", ".join(dsts),
             )
-        ]
-    wrong = [d for d in have if d != _norm_ip(vtep)]
-    if not wrong:
-        return []
-    # Mid-migration the entry may lag status.node for a moment: degraded, not broken.
-    severity = DEGRADED if vm.phase == api.PHASE_MIGRATING else BROKEN
-    return [
-        Finding(
-            severity,
-            node,
-            "vm.fdb",
-            f"FDB entry for VM {vm.key} ({mac}) points at {', '.join(wrong)}, but the VM runs "
-            f"on {vm.node} ({vtep})",
-            _restart_agent(node) + f"; or `bridge fdb replace {mac} dev {dev} dst {vtep}`",
-            peer=vm.key,
-            expected=vtep,
-            observed=", ".join(have),
         )
-    ]
-
-
-def _local_vm_sent_away(node: str, dev: str, vm: api.VirtualMachine, have: list[str]) -> Finding:
-    assert vm.network is not None
-    return Finding(
-        BROKEN,
-        node,
-        "vm.fdb",
-        f"VM {vm.key} ({vm.network.mac}) runs on this node but {dev} has an entry sending "
-        f"its frames to {', '.join(have)}",
-        _restart_agent(node) + f"; or `bridge fdb del {vm.network.mac} dev {dev}`",
-        peer=vm.key,
-        expected="no entry on " + dev,
-        observed=", ".join(have),
-    )
-
-
-def _vm_neighbours(
-    node: str, observed: ObservedNode, vms: Sequence[api.VirtualMachine]
-) -> list[Finding]:
-    """A permanent neighbour entry for a VM's IP must carry the VM's MAC."""
-    by_ip = {
-        _norm_ip(vm.network.ip): vm
-        for vm in vms
-        if vm.network is not None and not vm.deleting and vm.phase not in _INACTIVE_PHASES
-    }
-    out = []
-    for neigh in observed.neighbours:
-        vm = by_ip.get(_norm_ip(neigh.ip))
-        if vm is None or vm.network is None or not neigh.permanent or neigh.mac is None:
-            continue
-        if neigh.mac.lower() != vm.network.mac.lower():
+    for vm in desired.local_vms:
+        dsts = sorted(have.get(vm.mac, []))
+        if dsts:
             out.append(
                 Finding(
                     BROKEN,
                     node,
-                    "vm.neighbour",
-                    f"neighbour entry for VM {vm.key} ({neigh.ip}) on {neigh.device} has MAC "
-                    f"{neigh.mac}, the VM's MAC is {vm.network.mac}",
-                    f"`ip neigh replace {neigh.ip} lladdr {vm.network.mac} dev {neigh.device} "
-                    "nud permanent`; " + _restart_agent(node),
-                    peer=vm.key,
-                    expected=vm.network.mac,
-                    observed=neigh.mac,
+                    "vm.fdb",
+                    f"VM {vm.vm} ({vm.mac}) runs on this node but {dev} has an entry sending "
+                    f"its frames to {', '.join(dsts)}",
+                    _restart_agent(node) + f"; or `bridge fdb del {vm.mac} dev {dev}`",
+                    peer=vm.vm,
+                    expected=f"no entry on {dev}",
+                    observed=", ".join(dsts),
                 )
             )
+    out.extend(_neighbours(node, desired, observed))
+    out.extend(
+        Finding(DEGRADED, node, "vm.record", problem, "fix the named Node or VirtualMachine")
+        for problem in desired.problems
+    )
+    return out
+
+
+def _neighbours(node: str, desired: DesiredState, observed: ObservedNode) -> list[Finding]:
+    """A permanent neighbour entry for a VM's IP must carry the VM's MAC."""
+    vms: Mapping[str, tuple[str, str]] = {
+        _norm_ip(p.ip): (p.vm, p.mac) for p in (*desired.remote_vms, *desired.local_vms)
+    }
+    bridge = desired.bridge.name
+    out = []
+    for neigh in sorted(observed.neighbours):
+        known = vms.get(_norm_ip(neigh.ip))
+        if known is None or neigh.mac == known[1]:
+            continue
+        vm, mac = known
+        out.append(
+            Finding(
+                BROKEN,
+                node,
+                "vm.neighbour",
+                f"neighbour entry for VM {vm} ({neigh.ip}) on {bridge} has MAC {neigh.mac}, "
+                f"the VM's MAC is {mac}",
+                f"`ip neigh replace {neigh.ip} lladdr {mac} dev {bridge} nud permanent`; "
+                + _restart_agent(node),
+                peer=vm,
+                expected=mac,
+                observed=neigh.mac,
+            )
+        )
     return out
 
 
@@ -450,24 +438,24 @@ def _vm_neighbours(
 
 def check_probes(
     node: str,
-    peers: Sequence[api.Node],
+    peers: Sequence[str],
     probes: Sequence[ProbeResult],
     max_age: float,
 ) -> list[Finding]:
     """Every peer answers across the overlay, with full-size frames, recently measured."""
     by_peer = {p.peer: p for p in probes if p.node == node}
     out = []
-    for peer in sorted(peers, key=lambda n: n.name):
-        result = by_peer.get(peer.name)
+    for peer in sorted(peers):
+        result = by_peer.get(peer)
         if result is None:
             out.append(
                 Finding(
                     DEGRADED,
                     node,
                     "probe.missing",
-                    f"no probe result toward {peer.name} yet",
+                    f"no probe result toward {peer} yet",
                     "wait one probe period; if it stays, check the prober in the agent's logs",
-                    peer=peer.name,
+                    peer=peer,
                 )
             )
             continue

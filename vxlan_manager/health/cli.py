@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
@@ -31,10 +30,11 @@ from kubernetes import client as k8s
 
 from vmoverlay import api, kube
 from vmoverlay.logs import add_logging_args, get_logger, setup_logging
+from vmoverlay.metrics import parse_listen
+from vxlan_manager.config import AgentConfig, ConfigError, load_config
 from vxlan_manager.health.checks import check_duplicate_vteps, check_node
 from vxlan_manager.health.findings import Finding, Report, Severity, render_table
 from vxlan_manager.health.observe import observe_node
-from vxlan_manager.health.observed import Intent
 
 EXIT_CANNOT_CHECK = 3
 DEFAULT_AGENT_PORT = 9464
@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--agent-url",
-        help=f"this node's agent, for probe results (default: http://127.0.0.1:"
-        f"{DEFAULT_AGENT_PORT}{HEALTH_PATH}; 'none' skips probes)",
+        help=f"this node's agent, for probe results (default: its --metrics-addr + "
+        f"{HEALTH_PATH}; 'none' skips probes)",
     )
     parser.add_argument(
         "--agent-port",
@@ -65,14 +65,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="port of every agent's metrics/health server, for --cluster",
     )
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per agent request")
-    intent = parser.add_argument_group("intent (as given to the agent)")
-    intent.add_argument("--vni", type=int, default=4242)
-    intent.add_argument("--port", type=int, default=4789, help="VXLAN UDP port")
-    intent.add_argument("--device", default="vmo-vx0")
-    intent.add_argument("--bridge", default="vmo-br0")
+    intent = parser.add_argument_group(
+        "intent: the agent's own configuration sources (flags > environment > --config file)"
+    )
+    intent.add_argument("--config", help="the agent's config file (default: $VMOVERLAY_CONFIG)")
+    intent.add_argument("--vni", type=int)
+    intent.add_argument("--port", type=int, help="VXLAN UDP port")
+    intent.add_argument("--device")
+    intent.add_argument("--bridge")
     intent.add_argument("--underlay-address", help="local VTEP (default: the Node's VTEP)")
+    intent.add_argument("--underlay-interface")
     intent.add_argument("--mtu", type=int, help="overlay MTU (default: underlay - 50/70)")
-    intent.add_argument("--learning", action="store_true", help="the device learns MACs")
+    intent.add_argument(
+        "--learning", action="store_const", const=True, help="the device learns MACs"
+    )
+    intent.add_argument("--metrics-addr", help="the local agent's metrics/health server")
     add_logging_args(parser)
 
 
@@ -98,49 +105,41 @@ def run(args: argparse.Namespace) -> int:
 
 
 def node_report(args: argparse.Namespace) -> Report:
-    node = args.node or _env_node()
-    client = kube.load_client(args.kubeconfig)
+    cfg = config_from_args(args)
+    client = kube.load_client(args.kubeconfig or cfg.kubeconfig)
     nodes, vms = list_nodes(client), list_vms(client)
-    intent = intent_from_args(args, node, nodes)
-    observed = observe_node(intent)
+    observed = observe_node(cfg)
 
-    url = args.agent_url or f"http://127.0.0.1:{args.agent_port}{HEALTH_PATH}"
+    url = args.agent_url or agent_url(cfg.metrics_addr)
     probes, agent_problem = None, None
     if url != "none":
         try:
             probes = fetch_report(url, args.timeout).probes
         except CheckError as exc:
-            agent_problem = agent_unreachable(node, str(exc))
-    report = check_node(intent, observed, nodes, vms, probes)
+            agent_problem = agent_unreachable(cfg.node, str(exc))
+    report = check_node(cfg, observed, nodes, vms, probes)
     if agent_problem is not None:
         report.findings.append(agent_problem)
     return report
 
 
-def intent_from_args(args: argparse.Namespace, node: str, nodes: Sequence[api.Node]) -> Intent:
-    local = args.underlay_address
-    if local is None:
-        me = next((n for n in nodes if n.name == node), None)
-        if me is None:
-            raise CheckError(f"node {node} is not in the Node list: check --node")
-        local = me.vtep_ip
-    return Intent(
-        node=node,
-        vxlan_name=args.device,
-        bridge_name=args.bridge,
-        vni=args.vni,
-        port=args.port,
-        local_ip=local,
-        mtu=args.mtu,
-        learning=args.learning,
-    )
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    """The agent's configuration, from the same sources the agent reads."""
+    keys = ["node", "vni", "port", "device", "bridge", "underlay_address", "underlay_interface"]
+    keys += ["mtu", "learning", "metrics_addr", "kubeconfig"]
+    flags = {key: getattr(args, key) for key in keys}
+    try:
+        return load_config(flags=flags, config_file=args.config)
+    except ConfigError as exc:
+        raise CheckError(str(exc)) from exc
 
 
-def _env_node() -> str:
-    node = os.environ.get("VMOVERLAY_NODE_NAME") or os.environ.get("NODE_NAME")
-    if not node:
-        raise CheckError("node name is missing: pass --node NAME or set VMOVERLAY_NODE_NAME")
-    return node
+def agent_url(metrics_addr: str) -> str:
+    """The local agent's health URL from its metrics address (a wildcard means loopback)."""
+    host, port = parse_listen(metrics_addr)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{_host(host)}:{port}{HEALTH_PATH}"
 
 
 # ---- cluster -------------------------------------------------------------------------
