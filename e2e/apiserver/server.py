@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,12 @@ class LabApiServer:
 
     async def stop(self) -> None:
         if self.store is not None:
+            # End open watches cleanly (a proper end of the chunked stream) before
+            # the runner cancels their handlers.
             self.store.end_watches()
+            deadline = time.monotonic() + 2.0
+            while any(self.store.subscriptions.values()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -1,0 +1,1 @@
+"""Benchmarks: each module has ``main() -> None`` that prints its figures (``python -m bench``)."""
