@@ -115,7 +115,7 @@ class Informer:
         return str((answer.get("metadata") or {}).get("resourceVersion") or "")
 
     def _watch_from(self, version: str) -> None:
-        """Watch until stopped; resume after a stream ends; raise on 410 and errors."""
+        """Watch until stopped; resume after a stream ends or drops; raise on 410 and errors."""
         while not self._stop.is_set():
             self._watch = k8s_watch.Watch()
             stream = self._watch.stream(
@@ -125,11 +125,16 @@ class Informer:
                 allow_watch_bookmarks=True,
                 _request_timeout=self._watch_timeout + 15,
             )
-            with kube.api_errors():
-                for event in stream:
-                    version = self._apply(event) or version
-                    if self._stop.is_set():
-                        return
+            try:
+                with kube.api_errors():
+                    for event in stream:
+                        version = self._apply(event) or version
+                        if self._stop.is_set():
+                            return
+            except kube.Unavailable as exc:
+                # A dropped stream: resume from the last version; 410 relists.
+                self._log.info("watch stream dropped, resuming", version=version, error=str(exc))
+                self._stop.wait(0.1)
 
     def _apply(self, event: dict[str, Any]) -> str:
         kind = str(event.get("type"))
