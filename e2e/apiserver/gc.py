@@ -69,7 +69,12 @@ class GarbageCollector:
         refs = meta(obj).get("ownerReferences") or []
         if refs and not any(self._owner_exists(r, obj) for r in refs):
             log.info("deleting dependent whose owners are absent", resource=rtype.key, name=name)
-            self._delete(rtype, namespace, name)
+            try:
+                self._delete(rtype, namespace, name)
+            except ApiError as exc:
+                log.warning(
+                    "failed to delete dependent", resource=rtype.key, name=name, error=exc.message
+                )
 
     def _collect(self, uid: str, namespace: str | None, orphan: bool) -> None:
         for key, dep_ns, name in self.api.store.dependents_of(uid):
@@ -81,10 +86,15 @@ class GarbageCollector:
                 continue
             refs = meta(obj).get("ownerReferences") or []
             others = [r for r in refs if isinstance(r, dict) and r.get("uid") != uid]
-            if orphan or any(self._owner_exists(r, obj) for r in others):
-                self._strip(rtype, obj, others)
-            else:
-                self._delete(rtype, dep_ns or None, name)
+            try:
+                if orphan or any(self._owner_exists(r, obj) for r in others):
+                    self._strip(rtype, obj, others)
+                else:
+                    self._delete(rtype, dep_ns or None, name)
+            except ApiError as exc:
+                log.warning(
+                    "failed to collect dependent", resource=key, name=name, error=exc.message
+                )
 
     def _strip(self, rtype: ResourceType, obj: dict[str, Any], refs: list[Any]) -> None:
         new = copy.deepcopy(obj)
@@ -100,6 +110,4 @@ class GarbageCollector:
             self.api.delete(rtype, namespace, name, {"propagationPolicy": "Background"})
         except ApiError as exc:
             if exc.code != 404:
-                log.warning(
-                    "failed to delete dependent", resource=rtype.key, name=name, error=exc.message
-                )
+                raise

@@ -210,6 +210,8 @@ class ResourceHandlers:
             raise errors.method_not_allowed(
                 f"{verb} of namespaced {rtype.plural} needs a namespace in the path"
             )
+        if verb in ("update", "patch") and not target.name:
+            raise errors.method_not_allowed(f"{verb} needs the name of a {rtype.kind}")
         if target.subresource and verb not in ("get", "update", "patch"):
             raise errors.method_not_allowed(f"{verb} is not supported on {rtype.plural}/status")
 

@@ -63,6 +63,9 @@ from e2e.apiserver.selectors import (
 )
 from e2e.apiserver.store import Store, meta
 from e2e.apiserver.validation import prune_and_default, validate_name, validate_schema
+from vmoverlay.logs import get_logger
+
+log = get_logger("lab-apiserver")
 
 Scheduler = Callable[[Callable[[], None]], None]
 
@@ -387,11 +390,25 @@ class ObjectApi:
         for rtype in {t.key: t for t in self.registry.all() if t.namespaced}.values():
             for obj in self.store.list_objects(rtype.key, namespace):
                 if not meta(obj).get("deletionTimestamp"):
-                    self.delete(rtype, namespace, meta(obj)["name"])
+                    self._delete_quietly(rtype, namespace, meta(obj)["name"])
                 if self.store.get(rtype.key, namespace, meta(obj)["name"]) is not None:
                     left += 1
         if left == 0 and self.store.get(NAMESPACE_KEY, "", namespace) is not None:
             self.store.remove(NAMESPACE_KEY, "", namespace)
+
+    def _delete_quietly(self, rtype: ResourceType, namespace: str, name: str) -> None:
+        """Delete as a controller would: an error is logged, not raised into the event loop."""
+        try:
+            self.delete(rtype, namespace, name)
+        except ApiError as exc:
+            if exc.code != 404:
+                log.warning(
+                    "failed to delete object of a terminating namespace",
+                    resource=rtype.key,
+                    namespace=namespace,
+                    name=name,
+                    error=exc.message,
+                )
 
     # Helpers.
 

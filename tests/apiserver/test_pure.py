@@ -1,0 +1,289 @@
+"""Pure parts of the lab API server: selectors, patches, schema validation, the store.
+
+Scenarios:
+- label selectors: equality, inequality, set-based, existence; parse errors;
+- field selectors: equality and inequality on dotted paths; refused paths;
+- JSON patch: add/remove/replace/move/copy/test, "-" append, escaped pointers, errors;
+- merge patch: null deletes, maps merge, lists replace;
+- strategic merge: conditions merge by type, finalizers merge as a set,
+  $deleteFromPrimitiveList, $patch: delete on a list item and on a map, $retainKeys;
+- schema: type, required, enum, pattern, minimum/maximum, minLength, nested arrays;
+  pruning of unknown fields and defaulting;
+- names: RFC 1123 subdomain and label checks;
+- store: resourceVersion per write, event history floor after compaction and overflow,
+  owner index follows ownerReferences.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from e2e.apiserver import patch, selectors, validation
+from e2e.apiserver.store import Store
+
+
+def obj(labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "x", "namespace": "ns", "labels": labels or {}}, **extra}
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        ("a=b", {"a": "b"}, True),
+        ("a==b", {"a": "c"}, False),
+        ("a!=b", {}, True),
+        ("a!=b", {"a": "b"}, False),
+        ("a in (b, c)", {"a": "c"}, True),
+        ("a notin (b,c)", {"a": "c"}, False),
+        ("a notin (b,c)", {}, True),
+        ("a", {"a": ""}, True),
+        ("!a", {"a": "x"}, False),
+        ("a=b,c in (d)", {"a": "b", "c": "d"}, True),
+        ("vmoverlay.io/pool=default", {"vmoverlay.io/pool": "default"}, True),
+        ("", {}, True),
+    ],
+)
+def test_label_selectors(selector: str, labels: dict[str, str], expected: bool) -> None:
+    assert selectors.labels_match(selectors.parse_label_selector(selector), obj(labels)) is expected
+
+
+@pytest.mark.parametrize("bad", ["a in (b", "a b", "!a in (b)", "=b"])
+def test_label_selector_errors(bad: str) -> None:
+    with pytest.raises(selectors.SelectorError):
+        selectors.parse_label_selector(bad)
+
+
+def test_field_selectors() -> None:
+    pod = obj(spec={"nodeName": "n1", "hostNetwork": True})
+    parse = selectors.parse_field_selector
+    assert selectors.fields_match(parse("spec.nodeName=n1,metadata.namespace=ns"), pod)
+    assert not selectors.fields_match(parse("spec.nodeName!=n1"), pod)
+    assert selectors.fields_match(parse("spec.hostNetwork=true"), pod)
+    assert selectors.fields_match(parse("spec.missing="), pod)
+    with pytest.raises(selectors.SelectorError, match="not supported"):
+        parse("spec.x=1", allowed=lambda p: p.startswith("metadata."))
+    with pytest.raises(selectors.SelectorError):
+        parse("nonsense")
+
+
+def test_json_patch_operations() -> None:
+    doc = {"a": {"b": [1, 2]}, "c/d": 1, "e~f": 2}
+    ops = [
+        {"op": "add", "path": "/a/b/-", "value": 3},
+        {"op": "add", "path": "/a/b/0", "value": 0},
+        {"op": "remove", "path": "/c~1d"},
+        {"op": "replace", "path": "/e~0f", "value": 5},
+        {"op": "copy", "from": "/a/b", "path": "/copy"},
+        {"op": "move", "from": "/copy", "path": "/moved"},
+        {"op": "test", "path": "/moved/3", "value": 3},
+    ]
+    assert patch.json_patch(doc, ops) == {"a": {"b": [0, 1, 2, 3]}, "e~f": 5, "moved": [0, 1, 2, 3]}
+    assert doc == {"a": {"b": [1, 2]}, "c/d": 1, "e~f": 2}
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [{"op": "remove", "path": "/nope"}],
+        [{"op": "replace", "path": "/nope", "value": 1}],
+        [{"op": "add", "path": "/a/b/9", "value": 1}],
+        [{"op": "jump", "path": "/a"}],
+        [{"op": "add", "path": "a"}],
+        {"op": "add"},
+    ],
+)
+def test_json_patch_errors(ops: Any) -> None:
+    with pytest.raises(patch.PatchError):
+        patch.json_patch({"a": {"b": []}}, ops)
+
+
+def test_json_patch_failed_test_is_marked() -> None:
+    with pytest.raises(patch.PatchError) as err:
+        patch.json_patch({"a": 1}, [{"op": "test", "path": "/a", "value": 2}])
+    assert err.value.test_failed
+
+
+def test_merge_patch() -> None:
+    doc = {"a": {"b": 1, "c": 2}, "l": [1, 2], "d": 1}
+    assert patch.merge_patch(doc, {"a": {"b": None, "x": 3}, "l": [3], "d": None}) == {
+        "a": {"c": 2, "x": 3},
+        "l": [3],
+    }
+
+
+def test_strategic_merge_conditions_and_finalizers() -> None:
+    node = {
+        "metadata": {"name": "n", "finalizers": ["a"], "labels": {"x": "1"}},
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": "False"},
+                {"type": "DiskPressure", "status": "False"},
+            ]
+        },
+    }
+    out = patch.strategic_merge(
+        node,
+        {
+            "metadata": {"finalizers": ["b", "a"], "labels": {"y": "2", "x": None}},
+            "status": {
+                "conditions": [
+                    {"type": "Ready", "status": "True"},
+                    {"type": "VxlanReady", "status": "True"},
+                ]
+            },
+        },
+    )
+    assert out["metadata"]["finalizers"] == ["a", "b"]
+    assert out["metadata"]["labels"] == {"y": "2"}
+    assert out["status"]["conditions"] == [
+        {"type": "Ready", "status": "True"},
+        {"type": "DiskPressure", "status": "False"},
+        {"type": "VxlanReady", "status": "True"},
+    ]
+
+
+def test_strategic_merge_directives() -> None:
+    doc = {
+        "metadata": {"finalizers": ["a", "b"]},
+        "spec": {"containers": [{"name": "c1", "image": "i"}, {"name": "c2"}], "m": {"k": 1}},
+        "status": {"conditions": [{"type": "A", "status": "True"}]},
+    }
+    out = patch.strategic_merge(
+        doc,
+        {
+            "metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]},
+            "spec": {
+                "containers": [{"name": "c2", "$patch": "delete"}, {"name": "c1", "image": "j"}],
+                "m": {"$patch": "delete"},
+                "$setElementOrder/containers": [{"name": "c1"}],
+            },
+            "status": {"$retainKeys": []},
+        },
+    )
+    assert out["metadata"]["finalizers"] == ["b"]
+    assert out["spec"] == {"containers": [{"name": "c1", "image": "j"}]}
+    assert out["status"] == {}
+    with pytest.raises(patch.PatchError, match="merge key"):
+        patch.strategic_merge(doc, {"status": {"conditions": [{"status": "x"}]}})
+
+
+def test_strategic_merge_replaces_unkeyed_lists() -> None:
+    doc = {"spec": {"taints": [{"key": "a"}]}}
+    assert patch.strategic_merge(doc, {"spec": {"taints": [{"key": "b"}]}}) == {
+        "spec": {"taints": [{"key": "b"}]}
+    }
+
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["spec"],
+    "properties": {
+        "spec": {
+            "type": "object",
+            "required": ["cidr"],
+            "properties": {
+                "cidr": {"type": "string", "pattern": "^[0-9./]+$"},
+                "vni": {"type": "integer", "minimum": 1, "maximum": 10},
+                "mode": {"type": "string", "enum": ["a", "b"], "default": "a"},
+                "pool": {"type": "string", "minLength": 1},
+                "list": {
+                    "type": "array",
+                    "items": {"type": "object", "properties": {"n": {"type": "integer"}}},
+                },
+                "any": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        }
+    },
+}
+
+
+def causes(value: dict[str, Any]) -> list[str]:
+    return [message for _, _, message in validation.validate_schema(SCHEMA, value)]
+
+
+def test_schema_validation_messages() -> None:
+    assert causes({"spec": {"cidr": "10.0.0.0/8"}}) == []
+    assert causes({}) == ["spec: Required value"]
+    assert causes({"spec": {}}) == ["spec.cidr: Required value"]
+    assert causes({"spec": {"cidr": "x"}}) == [
+        "spec.cidr: Invalid value: \"x\": spec.cidr in body should match '^[0-9./]+$'"
+    ]
+    (msg,) = causes({"spec": {"cidr": "1", "vni": 11}})
+    assert msg == "spec.vni: Invalid value: 11: spec.vni in body should be less than or equal to 10"
+    (msg,) = causes({"spec": {"cidr": "1", "vni": 0}})
+    assert "greater than or equal to 1" in msg
+    (msg,) = causes({"spec": {"cidr": "1", "vni": True}})
+    assert msg.startswith("spec.vni: Invalid value: true: spec.vni in body must be of type integer")
+    (msg,) = causes({"spec": {"cidr": "1", "mode": "c"}})
+    assert msg == 'spec.mode: Unsupported value: "c": supported values: "a", "b"'
+    (msg,) = causes({"spec": {"cidr": "1", "pool": ""}})
+    assert "at least 1 chars long" in msg
+    (msg,) = causes({"spec": {"cidr": "1", "list": [{"n": "x"}]}})
+    assert msg.startswith("spec.list[0].n: Invalid value")
+    (msg,) = causes({"spec": {"cidr": "1", "labels": {"a": 1}}})
+    assert msg.startswith("spec.labels.a: Invalid value: 1")
+
+
+def test_prune_and_default() -> None:
+    value = {
+        "apiVersion": "v",
+        "kind": "K",
+        "metadata": {"name": "x", "anything": 1},
+        "spec": {
+            "cidr": "1",
+            "unknown": 1,
+            "any": {"free": {"form": 1}},
+            "list": [{"n": 1, "m": 2}],
+        },
+        "junk": True,
+    }
+    validation.prune_and_default(SCHEMA, value)
+    assert value == {
+        "apiVersion": "v",
+        "kind": "K",
+        "metadata": {"name": "x", "anything": 1},
+        "spec": {"cidr": "1", "any": {"free": {"form": 1}}, "list": [{"n": 1}], "mode": "a"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "label", "ok"),
+    [
+        ("node-1", False, True),
+        ("default-198-19-0-7", False, True),
+        ("a.b.c", False, True),
+        ("a.b", True, False),
+        ("Upper", False, False),
+        ("-x", False, False),
+        ("x" * 254, False, False),
+        ("x" * 64, True, False),
+    ],
+)
+def test_names(name: str, label: bool, ok: bool) -> None:
+    assert (validation.validate_name(name, label=label) == []) is ok
+
+
+def put(store: Store, name: str, **meta: Any) -> dict[str, Any]:
+    return store.put("g/things", {"metadata": {"name": name, **meta}})
+
+
+def test_store_versions_history_and_index() -> None:
+    store = Store(history=3)
+    a = put(store, "a", uid="ua")
+    b = put(store, "b", uid="ub", ownerReferences=[{"uid": "ua"}])
+    assert (a["metadata"]["resourceVersion"], b["metadata"]["resourceVersion"]) == ("1", "2")
+    assert store.dependents_of("ua") == [("g/things", "", "b")]
+    put(store, "b", uid="ub")
+    assert store.dependents_of("ua") == []
+    assert store.can_replay(0)
+    put(store, "c")
+    assert not store.can_replay(0) and store.can_replay(1)
+    gone = store.remove("g/things", "", "a")
+    assert gone is not None and gone["metadata"]["resourceVersion"] == "5"
+    assert store.locate("ua") is None
+    assert [e.type for e in store.events_after("g/things", 3)] == ["ADDED", "DELETED"]
+    store.compact()
+    assert not store.can_replay(4) and store.can_replay(5)

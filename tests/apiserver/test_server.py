@@ -1,0 +1,523 @@
+"""Lab API server behaviour beyond the contract: bad input, core types, faults, audit, kubectl.
+
+Scenarios:
+- bad input answers a Status and the server keeps serving: malformed JSON 400,
+  wrong apiVersion or kind 400, a body over the limit 413, an unknown resource
+  404, a missing name 422, a name differing from the URL 400, a missing
+  namespace 404, a strategic merge patch on a custom resource 415, PUT without a
+  name 405;
+- core types through the official client: Node create keeps status, strategic
+  merge of Node labels and status conditions (by type), Pod field selector
+  spec.nodeName, Leases (CoordinationV1Api), events.k8s.io Events (EventsV1Api);
+- watch: BOOKMARK events when asked, sendInitialEvents ends with the
+  initial-events-end bookmark; cutting watches ends streams and Watch resumes
+  from its last resourceVersion without losing events;
+- fault injection: the next N writes fail with the chosen code (and only for
+  the chosen resource), then writes work again; delay slows answers;
+- audit: records User-Agent, verb, resource, subresource and answer code;
+- garbage collection: Orphan keeps dependents, a dependent created with an
+  absent owner is collected; deleting a namespace deletes its contents; deleting
+  a CRD deletes its objects and its discovery entry;
+- discovery: /api, /apis, /version; kubectl get and apply work against it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+from tests.contract.conftest import wait_for
+from tests.fixtures.apiserver import ROOT, LabApi, start_lab_api
+from vmoverlay import api
+from vmoverlay.kube import CustomObjects, NotFound, Unavailable
+
+G, V = api.GROUP, api.VERSION
+
+
+def raw(
+    lab: LabApi, method: str, path: str, body: bytes | None = None, ctype: str = "application/json"
+) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(lab.url + path, data=body, method=method)
+    req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+POOLS = f"/apis/{G}/{V}/ippools"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "ctype", "code", "reason"),
+    [
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            b"{not json",
+            "application/json",
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            b'{"apiVersion":"v2","metadata":{"name":"a"}}',
+            "application/json",
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            b'{"kind":"Pod","metadata":{"name":"a"}}',
+            "application/json",
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            b"[1]",
+            "application/json",
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            b'{"metadata":{}}',
+            "application/json",
+            422,
+            "Invalid",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            b'{"metadata":{"name":"Bad_Name"}}',
+            "application/json",
+            422,
+            "Invalid",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/nowhere/configmaps",
+            b'{"metadata":{"name":"a"}}',
+            "application/json",
+            404,
+            "NotFound",
+        ),
+        ("POST", "/api/v1/namespaces/default/widgets", b"{}", "application/json", 404, "NotFound"),
+        ("GET", "/apis/nope.io/v1/things", None, "application/json", 404, "NotFound"),
+        (
+            "PUT",
+            "/api/v1/namespaces/default/configmaps",
+            b"{}",
+            "application/json",
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            "POST",
+            "/api/v1/pods",
+            b'{"metadata":{"name":"a"}}',
+            "application/json",
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/configmaps?labelSelector=a%20in%20(b",
+            None,
+            "application/json",
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=abc",
+            None,
+            "application/json",
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            b"x" * (3 * 1024 * 1024 + 1),
+            "application/json",
+            413,
+            "RequestEntityTooLarge",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            b"\x08\x01",
+            "application/vnd.kubernetes.protobuf",
+            415,
+            "UnsupportedMediaType",
+        ),
+    ],
+)
+def test_bad_input_is_a_status(
+    lab_api_module: LabApi,
+    method: str,
+    path: str,
+    body: bytes | None,
+    ctype: str,
+    code: int,
+    reason: str,
+) -> None:
+    status, answer = raw(lab_api_module, method, path, body, ctype)
+    assert (status, answer["kind"], answer["reason"], answer["code"]) == (
+        code,
+        "Status",
+        reason,
+        code,
+    )
+    assert answer["message"]
+    ok, listed = raw(lab_api_module, "GET", "/api/v1/namespaces")
+    assert ok == 200 and listed["items"]
+
+
+def test_update_and_patch_checks(lab_api_module: LabApi) -> None:
+    lab = lab_api_module
+    core = k8s.CoreV1Api(lab.client())
+    core.create_namespaced_config_map("default", {"metadata": {"name": "cm-put"}})
+    status, answer = raw(
+        lab, "PUT", "/api/v1/namespaces/default/configmaps/cm-put", b'{"metadata":{"name":"other"}}'
+    )
+    assert (status, answer["reason"]) == (400, "BadRequest")
+    objs = CustomObjects(lab.client())
+    objs.create(api.POOL_PLURAL, {"metadata": {"name": "smp"}, "spec": {"cidr": "198.19.0.0/16"}})
+    status, answer = raw(
+        lab, "PATCH", f"{POOLS}/smp", b'{"spec":{}}', "application/strategic-merge-patch+json"
+    )
+    assert (status, answer["reason"]) == (415, "UnsupportedMediaType")
+    status, answer = raw(
+        lab,
+        "PATCH",
+        f"{POOLS}/smp",
+        b'[{"op":"test","path":"/spec/cidr","value":"x"}]',
+        "application/json-patch+json",
+    )
+    assert (status, answer["reason"]) == (422, "Invalid")
+    status, answer = raw(
+        lab, "PATCH", f"{POOLS}/smp", b'{"spec":{"vni":0}}', "application/merge-patch+json"
+    )
+    assert status == 422 and answer["details"]["causes"][0]["field"] == "spec.vni"
+
+
+def test_core_types_through_official_client(lab_api_module: LabApi) -> None:
+    c = lab_api_module.client()
+    core = k8s.CoreV1Api(c)
+    node = core.create_node(
+        {
+            "metadata": {"name": "core-n1", "labels": {"a": "1"}},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "198.18.0.11"}],
+                "conditions": [
+                    {"type": "Ready", "status": "False"},
+                    {"type": "MemoryPressure", "status": "False"},
+                ],
+            },
+        }
+    )
+    assert node.status.addresses[0].address == "198.18.0.11"
+    core.patch_node(
+        "core-n1",
+        {"metadata": {"labels": {"b": "2"}, "annotations": {api.VTEP_ANNOTATION: "198.18.0.99"}}},
+    )
+    core.patch_node_status(
+        "core-n1", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    )
+    node = core.read_node("core-n1")
+    assert node.metadata.labels == {"a": "1", "b": "2"}
+    assert [(x.type, x.status) for x in node.status.conditions] == [
+        ("Ready", "True"),
+        ("MemoryPressure", "False"),
+    ]
+    assert api.Node.from_obj(c.sanitize_for_serialization(node)).vtep_ip == "198.18.0.99"
+
+    for i, node_name in enumerate(["core-n1", "core-n2", "core-n1"]):
+        pod = core.create_namespaced_pod(
+            "default",
+            {
+                "metadata": {"name": f"runner-{i}", "annotations": {api.VM_ANNOTATION: f"vm-{i}"}},
+                "spec": {"nodeName": node_name, "containers": [{"name": "c", "image": "x"}]},
+            },
+        )
+        assert pod.status.phase == "Pending"
+    on_n1 = core.list_pod_for_all_namespaces(field_selector="spec.nodeName=core-n1")
+    assert sorted(p.metadata.name for p in on_n1.items) == ["runner-0", "runner-2"]
+
+    leases = k8s.CoordinationV1Api(c)
+    lease = leases.create_namespaced_lease(
+        "default",
+        {"metadata": {"name": "ipam"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}},
+    )
+    lease.spec.holder_identity = "b"
+    assert leases.replace_namespaced_lease("ipam", "default", lease).spec.holder_identity == "b"
+    lease.spec.holder_identity = "c"
+    with pytest.raises(ApiException) as err:
+        leases.replace_namespaced_lease("ipam", "default", lease)
+    assert err.value.status == 409
+
+    event = k8s.EventsV1Api(c).create_namespaced_event(
+        "default",
+        {
+            "metadata": {"generateName": "vm-"},
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+            "reportingController": "vmoverlay.io/ipam",
+            "reportingInstance": "ipam-0",
+            "action": "Allocate",
+            "reason": "Allocated",
+            "type": "Normal",
+            "regarding": {"kind": "VirtualMachine", "name": "vm-0"},
+        },
+    )
+    assert event.metadata.name.startswith("vm-")
+    core.create_namespaced_event(
+        "default",
+        {
+            "metadata": {"name": "e1"},
+            "involvedObject": {"kind": "Node", "name": "core-n1"},
+            "reason": "R",
+        },
+    )
+    assert [
+        e.reason
+        for e in core.list_namespaced_event(
+            "default", field_selector="involvedObject.name=core-n1"
+        ).items
+    ] == ["R"]
+
+
+def read_lines(lab: LabApi, path: str, count: int) -> list[dict[str, Any]]:
+    out = []
+    with urllib.request.urlopen(lab.url + path, timeout=10) as resp:
+        for line in resp:
+            out.append(json.loads(line))
+            if len(out) >= count:
+                break
+    return out
+
+
+def test_bookmarks_and_initial_events_end() -> None:
+    with start_lab_api(mode="thread", data_dir=False, crds=False, bookmark_interval=0.2) as lab:
+        events = read_lines(
+            lab, "/api/v1/namespaces?watch=true&allowWatchBookmarks=true&sendInitialEvents=true", 6
+        )
+        assert [e["type"] for e in events] == ["ADDED"] * 4 + ["BOOKMARK", "BOOKMARK"]
+        assert events[4]["object"]["metadata"]["annotations"] == {
+            "k8s.io/initial-events-end": "true"
+        }
+        assert (
+            events[5]["object"]["metadata"]["resourceVersion"]
+            == events[4]["object"]["metadata"]["resourceVersion"]
+        )
+
+
+def test_cut_watches_resume_without_loss(lab_api_module: LabApi) -> None:
+    lab = lab_api_module
+    core = k8s.CoreV1Api(lab.client())
+    rv = core.list_namespaced_config_map("default").metadata.resource_version
+    names: list[str] = []
+    w = watch.Watch()
+
+    def follow() -> None:
+        for event in w.stream(
+            core.list_namespaced_config_map, "default", resource_version=rv, label_selector="cut=1"
+        ):
+            names.append(event["object"].metadata.name)
+            if len(names) == 6:
+                w.stop()
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    for i in range(6):
+        core.create_namespaced_config_map(
+            "default", {"metadata": {"name": f"cut-{i}", "labels": {"cut": "1"}}}
+        )
+        if i == 2:
+            wait_for(lambda: len(names) == 3, what="first three events")
+            assert lab.cut_watches() >= 1
+    thread.join(timeout=10)
+    assert names == [f"cut-{i}" for i in range(6)]
+
+
+def test_fault_injection(lab_api_module: LabApi) -> None:
+    lab = lab_api_module
+    objs = CustomObjects(lab.client())
+    core = k8s.CoreV1Api(lab.client())
+    lab.fail_writes(2, code=503, resource="ipallocations")
+    core.create_namespaced_config_map("default", {"metadata": {"name": "not-faulted"}})
+    body = {
+        "metadata": {"name": "fault-a"},
+        "spec": {
+            "pool": "p",
+            "ip": "198.19.0.1",
+            "vm": {"namespace": "a", "name": "b", "uid": "c"},
+        },
+    }
+    for _ in range(2):
+        with pytest.raises(Unavailable, match="503 ServiceUnavailable"):
+            objs.create(api.ALLOCATION_PLURAL, body)
+    with pytest.raises(NotFound):
+        objs.get(api.ALLOCATION_PLURAL, "fault-a")
+    objs.create(api.ALLOCATION_PLURAL, body)
+    lab.fail_writes(1, code=500, verbs=["delete"])
+    objs.api.patch_cluster_custom_object(
+        G, V, api.ALLOCATION_PLURAL, "fault-a", {"metadata": {"labels": {"x": "y"}}}
+    )
+    with pytest.raises(Unavailable, match="500 InternalError"):
+        objs.delete(api.ALLOCATION_PLURAL, "fault-a")
+    lab.delay(150)
+    started = time.monotonic()
+    objs.get(api.ALLOCATION_PLURAL, "fault-a")
+    assert time.monotonic() - started >= 0.15
+    lab.clear_faults()
+    objs.delete(api.ALLOCATION_PLURAL, "fault-a")
+
+
+def test_audit_records_user_agents(lab_api_module: LabApi) -> None:
+    lab = lab_api_module
+    lab.clear_audit()
+    agent = k8s.CoreV1Api(lab.client(user_agent="vxlan-manager/0.1 node=n1"))
+    agent.list_node()
+    with pytest.raises(ApiException):
+        agent.read_node("absent-node")
+    ipam = CustomObjects(lab.client(user_agent="ipam-controller/0.1"))
+    ipam.list(api.POOL_PLURAL)
+    records = lab.audit(user_agent="vxlan-manager")
+    assert [(r["verb"], r["resource"], r["name"], r["code"]) for r in records] == [
+        ("list", "nodes", "", 200),
+        ("get", "nodes", "absent-node", 404),
+    ]
+    assert [(r["verb"], r["group"], r["resource"]) for r in lab.audit(user_agent="ipam")] == [
+        ("list", G, api.POOL_PLURAL)
+    ]
+    assert lab.audit(verb="list", resource="nodes")[0]["userAgent"].startswith("vxlan-manager")
+
+
+def test_gc_orphan_and_dangling_owner(lab_api_module: LabApi) -> None:
+    core = k8s.CoreV1Api(lab_api_module.client())
+    owner = core.create_namespaced_config_map("default", {"metadata": {"name": "orphan-owner"}})
+    ref = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "orphan-owner",
+        "uid": owner.metadata.uid,
+    }
+    core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "orphan-dep", "ownerReferences": [ref]}}
+    )
+    core.delete_namespaced_config_map("orphan-owner", "default", propagation_policy="Orphan")
+    wait_for(
+        lambda: (
+            not core.read_namespaced_config_map("orphan-dep", "default").metadata.owner_references
+        ),
+        what="reference stripped",
+    )
+    dangling = {**ref, "uid": "no-such-uid"}
+    core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "dangling-dep", "ownerReferences": [dangling]}}
+    )
+
+    def collected() -> bool:
+        return "dangling-dep" not in [
+            c.metadata.name for c in core.list_namespaced_config_map("default").items
+        ]
+
+    wait_for(collected, what="dependent of an absent owner collected")
+
+
+def test_namespace_and_crd_deletion(lab_api_module: LabApi) -> None:
+    lab = lab_api_module
+    c = lab.client()
+    core = k8s.CoreV1Api(c)
+    core.create_namespace({"metadata": {"name": "doomed"}})
+    core.create_namespaced_config_map("doomed", {"metadata": {"name": "a"}})
+    CustomObjects(c).create(
+        api.VM_PLURAL, {"metadata": {"name": "v", "finalizers": ["x/y"]}, "spec": {}}, "doomed"
+    )
+    core.delete_namespace("doomed")
+    assert core.read_namespace("doomed").status.phase == "Terminating"
+    wait_for(lambda: core.list_namespaced_config_map("doomed").items == [], what="contents deleted")
+    assert core.read_namespace("doomed").status.phase == "Terminating"
+    CustomObjects(c).api.patch_namespaced_custom_object(
+        G, V, "doomed", api.VM_PLURAL, "v", {"metadata": {"finalizers": None}}
+    )
+
+    def ns_gone() -> bool:
+        return "doomed" not in [n.metadata.name for n in core.list_namespace().items]
+
+    wait_for(ns_gone, what="namespace removed")
+
+    ext = k8s.ApiextensionsV1Api(c)
+    crd = ext.read_custom_resource_definition(f"virtualmachinemigrations.{G}")
+    CustomObjects(c).create(
+        api.MIGRATION_PLURAL,
+        {"metadata": {"name": "m"}, "spec": {"vm": "v", "targetNode": "n"}},
+        "default",
+    )
+    ext.delete_custom_resource_definition(crd.metadata.name)
+    with pytest.raises(ApiException) as err:
+        CustomObjects(c).api.list_namespaced_custom_object(G, V, "default", api.MIGRATION_PLURAL)
+    assert err.value.status == 404
+    names = [r["name"] for r in raw(lab, "GET", f"/apis/{G}/{V}")[1]["resources"]]
+    assert api.MIGRATION_PLURAL not in names
+    lab.apply_crds()
+    assert CustomObjects(c).list(api.MIGRATION_PLURAL, "default")["items"] == []
+
+
+def test_discovery(lab_api_module: LabApi) -> None:
+    lab = lab_api_module
+    assert raw(lab, "GET", "/api")[1]["versions"] == ["v1"]
+    groups = {g["name"] for g in raw(lab, "GET", "/apis")[1]["groups"]}
+    assert {G, "coordination.k8s.io", "events.k8s.io", "apiextensions.k8s.io"} <= groups
+    core = {r["name"] for r in raw(lab, "GET", "/api/v1")[1]["resources"]}
+    assert {"pods", "pods/status", "nodes", "nodes/status", "namespaces", "events"} <= core
+    assert raw(lab, "GET", "/version")[1]["major"] == "1"
+    assert k8s.VersionApi(lab.client()).get_code().minor == "32"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl(lab_api_module: LabApi) -> None:
+    lab = lab_api_module
+
+    def kubectl(*args: str) -> str:
+        return subprocess.run(
+            ["kubectl", "--kubeconfig", str(lab.kubeconfig), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        ).stdout
+
+    assert "configured" in kubectl("apply", "--validate=false", "-f", "manifests/crds/")
+    assert "unchanged" in kubectl("apply", "--validate=false", "-f", "manifests/crds/")
+    k8s.CoreV1Api(lab.client()).create_node({"metadata": {"name": "kubectl-n1"}})
+    assert "kubectl-n1" in kubectl("get", "nodes")
+    CustomObjects(lab.client()).create(
+        api.POOL_PLURAL, {"metadata": {"name": "kpool"}, "spec": {"cidr": "198.19.0.0/16"}}
+    )
+    table = kubectl("get", "ippools")
+    assert "CIDR" in table and "198.19.0.0/16" in table
+    assert (
+        json.loads(kubectl("get", "ippool", "kpool", "-o", "json"))["spec"]["cidr"]
+        == "198.19.0.0/16"
+    )
