@@ -16,73 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from pyroute2 import IPRoute
 
 from e2e.netns import RunNamespaces
-from vmoverlay import api
-from vxlan_manager.config import AgentConfig
+from tests.health.handbuilt import MAC_X, B, C, HandBuiltNode
 from vxlan_manager.desired import ZERO_MAC
-from vxlan_manager.health.checks import check_node
 from vxlan_manager.health.findings import Finding, Report, Severity
-from vxlan_manager.health.observe import observe_node
-
-A, B, C = "198.18.0.1", "198.18.0.2", "198.18.0.3"
-MAC_X = "0a:00:00:00:00:01"
-NODES = [api.Node(n, ip, True, internal_ip=ip) for n, ip in (("a", A), ("b", B), ("c", C))]
-VMS = [
-    api.VirtualMachine(
-        "db",
-        "x",
-        "u-x",
-        "1",
-        "default",
-        "b",
-        "Running",
-        api.VMNetwork("198.19.0.10", 16, MAC_X, 1450, "default"),
-    )
-]
-CFG = AgentConfig(node="a")
-
-
-class Node:
-    def __init__(self, run: RunNamespaces) -> None:
-        self.run = run
-        self.ns = run.add("hc-a")
-
-    def ip(self, *argv: str) -> None:
-        self.run.check(self.ns, ["ip", *argv])
-
-    def fdb(self, *argv: str) -> None:
-        self.run.check(self.ns, ["bridge", "fdb", *argv])
-
-    def build(self, *, vni: int = 4242) -> None:
-        self.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
-        self.ip("addr", "add", f"{A}/24", "dev", "eth0")
-        self.ip("link", "set", "eth0", "up")
-        self.ip("link", "set", "eth0p", "up")
-        self.ip("link", "add", "vmo-br0", "mtu", "1450", "type", "bridge")
-        self.ip("link", "set", "vmo-br0", "up")
-        self.vxlan(vni)
-
-    def vxlan(self, vni: int) -> None:
-        self.ip(
-            "link", "add", "vmo-vx0", "mtu", "1450", "type", "vxlan", "id", str(vni),
-            "dstport", "4789", "local", A, "nolearning",
-        )  # fmt: skip
-        self.ip("link", "set", "vmo-vx0", "master", "vmo-br0", "up")
-        self.fdb("append", ZERO_MAC, "dev", "vmo-vx0", "dst", B)
-        self.fdb("append", ZERO_MAC, "dev", "vmo-vx0", "dst", C)
-        self.fdb("add", MAC_X, "dev", "vmo-vx0", "dst", B)
-
-    def check(self, cfg: AgentConfig = CFG) -> Report:
-        with IPRoute(netns=self.ns) as ipr:
-            observed = observe_node(cfg, ipr)
-        return check_node(cfg, observed, NODES, VMS)
 
 
 @pytest.fixture
-def node(netns: RunNamespaces) -> Iterator[Node]:
-    n = Node(netns)
+def node(netns: RunNamespaces) -> Iterator[HandBuiltNode]:
+    n = HandBuiltNode(netns)
     n.build()
     yield n
 
@@ -92,13 +35,13 @@ def only(report: Report) -> Finding:
     return report.findings[0]
 
 
-def test_healthy_node(node: Node) -> None:
+def test_healthy_node(node: HandBuiltNode) -> None:
     report = node.check()
     assert report.findings == []
     assert report.exit_code == 0
 
 
-def test_wrong_vni(node: Node) -> None:
+def test_wrong_vni(node: HandBuiltNode) -> None:
     node.ip("link", "del", "vmo-vx0")
     node.vxlan(4243)
     f = only(node.check())
@@ -112,7 +55,7 @@ def test_wrong_vni(node: Node) -> None:
     assert node.check().exit_code == 2
 
 
-def test_missing_peer_entry(node: Node) -> None:
+def test_missing_peer_entry(node: HandBuiltNode) -> None:
     node.fdb("del", ZERO_MAC, "dev", "vmo-vx0", "dst", C)
     report = node.check()
     f = only(report)
@@ -120,7 +63,7 @@ def test_missing_peer_entry(node: Node) -> None:
     assert report.exit_code == 2
 
 
-def test_stale_entry(node: Node) -> None:
+def test_stale_entry(node: HandBuiltNode) -> None:
     # A learned (dynamic) entry ages out by itself: not a finding.
     node.fdb("add", "0a:00:00:00:00:77", "dev", "vmo-vx0", "dst", "198.18.0.98", "dynamic")
     assert node.check().findings == []
@@ -131,7 +74,7 @@ def test_stale_entry(node: Node) -> None:
     assert report.exit_code == 1
 
 
-def test_low_underlay_mtu(node: Node) -> None:
+def test_low_underlay_mtu(node: HandBuiltNode) -> None:
     node.ip("link", "set", "eth0", "mtu", "1400")
     report = node.check()
     f = only(report)
@@ -145,7 +88,7 @@ def test_low_underlay_mtu(node: Node) -> None:
     assert report.exit_code == 2
 
 
-def test_vm_entry_toward_wrong_node(node: Node) -> None:
+def test_vm_entry_toward_wrong_node(node: HandBuiltNode) -> None:
     node.fdb("replace", MAC_X, "dev", "vmo-vx0", "dst", C)
     f = only(node.check())
     assert (f.severity, f.peer, f.property, f.expected, f.observed) == (
@@ -157,7 +100,7 @@ def test_vm_entry_toward_wrong_node(node: Node) -> None:
     )
 
 
-def test_missing_device(node: Node) -> None:
+def test_missing_device(node: HandBuiltNode) -> None:
     node.ip("link", "del", "vmo-vx0")
     report = node.check()
     # The bridge, left without ports, falls back to MTU 1500: more than the underlay carries.

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kubernetes import client as k8s
+from pyroute2 import IPRoute
 
 from vmoverlay import api, kube
 from vmoverlay.logs import add_logging_args, get_logger, setup_logging
@@ -84,16 +85,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vxlan-manager check", description=__doc__)
+    return run(parse_args(argv))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="vxlan-manager check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, ipr: IPRoute | None = None) -> int:
     """Run the check the arguments ask for; print it; return the exit code."""
     setup_logging(level=args.log_level, fmt=args.log_format)
     try:
-        report = cluster_report(args) if args.cluster else node_report(args)
+        report = cluster_report(args) if args.cluster else node_report(args, ipr)
     except (CheckError, kube.KubeError) as exc:
         print(f"vxlan-manager check: {exc}", file=sys.stderr)
         return EXIT_CANNOT_CHECK
@@ -104,11 +113,12 @@ def run(args: argparse.Namespace) -> int:
 # ---- one node ------------------------------------------------------------------------
 
 
-def node_report(args: argparse.Namespace) -> Report:
+def node_report(args: argparse.Namespace, ipr: IPRoute | None = None) -> Report:
+    """This node's report; ``ipr``: read another namespace's kernel (tests), else this one."""
     cfg = config_from_args(args)
     client = kube.load_client(args.kubeconfig or cfg.kubeconfig)
     nodes, vms = list_nodes(client), list_vms(client)
-    observed = observe_node(cfg)
+    observed = observe_node(cfg, ipr)
 
     url = args.agent_url or agent_url(cfg.metrics_addr)
     probes, agent_problem = None, None
