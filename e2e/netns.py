@@ -11,15 +11,17 @@ the namespaces (or moved into them at once by the caller).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ctypes
 import os
 import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import netns as pyr_netns
 
@@ -27,7 +29,10 @@ from vmoverlay.logs import get_logger
 
 PREFIX = "vmo-"
 STATE_DIR = Path(os.environ.get("VMOVERLAY_RUN_DIR", "/run/vmoverlay"))
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
 log = get_logger("lab")
+T = TypeVar("T")
 
 
 class NetnsError(RuntimeError):
@@ -182,3 +187,49 @@ def remove_leftovers() -> Iterator[str]:
             remove_namespace(name)
             yield name
         (STATE_DIR / f"{run_id}.pid").unlink(missing_ok=True)
+
+
+def enter_thread(name: str) -> None:
+    """Move the calling thread, and only it, into namespace ``name``.
+
+    setns(2) with CLONE_NEWNET changes the network namespace of one thread;
+    sockets it opens afterwards belong to ``name`` for their whole life. The
+    process's main thread (what ``ip netns pids`` sees) stays where it was.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(NETNS_DIR / name, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise NetnsError(f"failed to enter namespace {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class NetnsExecutor:
+    """A worker thread that lives in one namespace; ``call`` runs a function there.
+
+    The lab uses it to talk to its API server, which listens on the lab's
+    underlay inside the control-plane namespace, without any address or route
+    in the host's root namespace.
+    """
+
+    def __init__(self, name: str, *, workers: int = 1) -> None:
+        self.name = name
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix=f"netns-{name}",
+            initializer=enter_thread,
+            initargs=(name,),
+        )
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def submit(
+        self, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,312 @@
+"""``vmoverlay-lab gate``: pgbench through live migrations; no connection may break.
+
+::
+
+    vmoverlay-lab gate [--nodes 3] [--vms 2] [--migrations 6] [--clients 16]
+                       [--pause-ms 100] [--max-stall-ms N] [--no-vm-announce]
+                       [--binding overlay|pod-network] [--json FILE] [--junit FILE]
+                       [--keep] [--log-dir DIR]
+
+Steps: preflight checks; the lab comes up (:mod:`e2e.lab.lab`); ``pgbench -i``
+per VM from the client pod; one precise probe per VM (:mod:`e2e.lab.probe`)
+and one pgbench per VM for the whole run; the planned migrations
+(:mod:`e2e.lab.plan`) at a fixed spacing inside pgbench's run; then the
+figures (:mod:`e2e.lab.report`), a table, a verdict, JSON and JUnit.
+
+pgbench only prints its totals when its ``-T`` ends by itself, so the run's
+length is fixed up front: spacing (at least ``--spacing``, more when the CNI
+plugin was slow to start during set-up) times migrations, plus a lead and a
+tail. A migration that could not start in time is a failure of the run.
+
+Exit codes: 0 passed; 1 a connection broke, a transaction failed, a stall
+exceeded ``--max-stall-ms``, or the lab failed; 2 a missing prerequisite or bad
+arguments; 130 interrupted. Every namespace, process and temp dir goes on
+every exit path (SIGINT and SIGTERM included); logs stay only with
+``--log-dir`` or when the lab itself failed (the path is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from e2e.lab import preflight, report
+from e2e.lab.cluster import ClusterError
+from e2e.lab.cni import CNIError
+from e2e.lab.components import ComponentError
+from e2e.lab.lab import BINDINGS, Lab, LabConfig, LabError
+from e2e.lab.pgbench import PgbenchRun, init_argv, run_argv
+from e2e.lab.plan import plan_migrations, split_clients
+from e2e.lab.report import MigrationEvent, ProbeData, Totals
+from e2e.lab.sheet import cheat_sheet
+from e2e.lab.vm import VMError
+from e2e.netns import NetnsError, RunNamespaces
+from vmoverlay.kube import KubeError
+from vmoverlay.logs import add_logging_args, setup_logging
+
+LEAD_S = 2.0
+TAIL_S = 2.0
+LAB_ERRORS = (LabError, ClusterError, CNIError, ComponentError, VMError, NetnsError, KubeError)
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM: stop, clean up, exit 130."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="vmoverlay-lab gate", description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, default=3, help="node namespaces (default 3, min 2)")
+    p.add_argument("--vms", type=int, default=2, help="VMs running Postgres (default 2)")
+    p.add_argument("--migrations", type=int, default=6, help="live migrations (default 6)")
+    p.add_argument("--clients", type=int, default=16, help="pgbench clients in all (default 16)")
+    p.add_argument("--pause-ms", type=int, default=100, help="stop-and-copy pause (default 100)")
+    p.add_argument("--max-stall-ms", type=float, default=None, help="fail above this stall")
+    p.add_argument("--no-vm-announce", action="store_true", help="no RARP after resume")
+    p.add_argument("--binding", choices=BINDINGS, default="overlay")
+    p.add_argument("--rate", type=int, default=200, help="pgbench tps in all, 0 = unlimited")
+    p.add_argument("--spacing", type=float, default=2.0, help="seconds between migrations")
+    p.add_argument(
+        "--no-progress-ms", type=int, default=10000, help="a client silent this long is broken"
+    )
+    p.add_argument("--json", type=Path, help="write the JSON summary here")
+    p.add_argument("--junit", type=Path, help="write JUnit XML here")
+    p.add_argument("--log-dir", type=Path, help="keep the components' logs here")
+    p.add_argument("--keep", action="store_true", help="keep the lab up after the run")
+    add_logging_args(p)
+    args = p.parse_args(argv)
+    if args.nodes < 2 or args.vms < 1 or args.migrations < 0 or args.clients < args.vms:
+        p.error("need --nodes >= 2, --vms >= 1, --migrations >= 0 and --clients >= --vms")
+    return args
+
+
+class Display:
+    """One progress line per step on stderr, stamped with the time since start."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    setup_logging(level=args.log_level, fmt=args.log_format)
+    missing = preflight.problems()
+    if missing:
+        print("vmoverlay-lab gate: cannot run the lab:", file=sys.stderr)
+        for line in missing:
+            print(f"  - {line}", file=sys.stderr)
+        return 2
+    display = Display()
+    _raise_on_signals()
+    try:
+        doc = Gate(args, display).run()
+    except Interrupted:
+        print("vmoverlay-lab gate: interrupted; the lab was removed", file=sys.stderr)
+        return 130
+    except LAB_ERRORS as exc:
+        print(f"vmoverlay-lab gate: the lab failed: {exc}", file=sys.stderr)
+        return 1
+    print(report.table(doc))
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    if args.junit:
+        args.junit.write_text(report.junit(doc, duration_s=doc["duration_s"]))
+    return 0 if doc["passed"] else 1
+
+
+def _raise_on_signals() -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+@dataclass
+class Gate:
+    args: argparse.Namespace
+    display: Display
+    events: list[MigrationEvent] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def run(self) -> dict[str, Any]:
+        args = self.args
+        config = LabConfig(
+            nodes=args.nodes,
+            vms=args.vms,
+            pause_ms=args.pause_ms,
+            announce=not args.no_vm_announce,
+            binding=args.binding,
+            bound_ms=args.no_progress_ms,
+            log_dir=args.log_dir,
+        )
+        failed = True
+        with RunNamespaces() as run:
+            lab = Lab(config, run, self.display)
+            try:
+                lab.start()
+                doc = self.measure(lab)
+                failed = False
+                if args.keep:
+                    keep_running(lab, self.display)
+                return doc
+            finally:
+                # A second Ctrl-C must not cut the clean-up short.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                if failed:
+                    self.display(f"the lab failed; its logs stay in {lab.log_dir}")
+                self.display("removing the lab")
+                lab.close(keep_logs=failed)
+
+    def measure(self, lab: Lab) -> dict[str, Any]:
+        args, bound_s = self.args, self.args.no_progress_ms / 1000
+        vms = sorted(lab.vms)
+        plan = plan_migrations(vms, {v: lab.vms[v].node for v in vms}, lab.nodes, args.migrations)
+        for name in vms:
+            self.display(f"pgbench -i on {name} ({lab.vms[name].ip}) from the client pod")
+            lab.run.check(lab.client_ns, init_argv(lab.vms[name].ip, bound_ms=args.no_progress_ms))
+        spacing = max(args.spacing, 2 * max(lab.cni_add_seconds, default=0.5) + 1.0)
+        seconds = math.ceil(LEAD_S + max(0, len(plan) - 1) * spacing + TAIL_S + 1)
+        probes = [self._start_probe(lab, lab.vms[name].ip, bound_s) for name in vms]
+        clients = split_clients(args.clients, len(vms))
+        rates = [math.ceil(args.rate / len(vms)) if args.rate else 0] * len(vms)
+        self.display(
+            f"pgbench: {args.clients} clients for {seconds}s; {len(plan)} migrations, "
+            f"one every {spacing:.1f}s, pause {args.pause_ms} ms"
+        )
+        benches = [
+            PgbenchRun(
+                ["ip", "netns", "exec", lab.client_ns]
+                + run_argv(ip, clients=n, seconds=seconds, rate=r, bound_ms=args.no_progress_ms),
+                clients=n,
+                bound_s=bound_s,
+            )
+            for ip, n, r in zip([lab.vms[v].ip for v in vms], clients, rates, strict=True)
+        ]
+        began = time.monotonic()
+        try:
+            self._migrate(lab, plan, began, spacing, seconds, benches)
+            results = [b.wait(timeout=seconds + bound_s + 30) for b in benches]
+        finally:
+            for bench in benches:
+                bench.stop()
+            data = [self._stop_probe(p) for p in probes]
+        if self.args.log_dir:
+            for name, probe in zip(vms, data, strict=True):
+                path = self.args.log_dir / f"probe-{name}.json"
+                path.write_text(json.dumps(probe.__dict__))
+        lab.wait_cleanups(self.reasons)
+        end = time.monotonic()
+        aborts = [t for r in results for t, line in r.events if "aborted" in line]
+        failed_progress = [(t, n) for r in results for t, _, n in r.progress]
+        for name, result in zip(vms, results, strict=True):
+            if not result.summary_seen:
+                self.reasons.append(f"pgbench on {name} printed no summary")
+            if result.exit_code not in (0, None) and not result.broken_connections:
+                self.reasons.append(f"pgbench on {name} exited with code {result.exit_code}")
+            if result.stalled:
+                self.reasons.append(f"pgbench on {name} made no progress for {bound_s:g}s")
+        per = report.analyse(self.events, data, aborts, failed_progress, end)
+        totals = Totals(
+            clients=args.clients,
+            transactions=sum(r.transactions for r in results),
+            failed_transactions=sum(r.failed_transactions for r in results),
+            broken_connections=sum(r.broken_connections for r in results)
+            + sum(len(d.breaks) for d in data),
+            planned_migrations=len(plan),
+            reasons=self.reasons,
+        )
+        doc = report.summary(per, totals, max_stall_ms=args.max_stall_ms, settings=self.settings())
+        doc["duration_s"] = round(time.monotonic() - self.display.started, 1)
+        doc["pgbench_seconds"] = seconds
+        return doc
+
+    def _migrate(
+        self,
+        lab: Lab,
+        plan: list[tuple[str, str, str]],
+        began: float,
+        spacing: float,
+        seconds: int,
+        benches: list[PgbenchRun],
+    ) -> None:
+        for k, (vm, source, target) in enumerate(plan):
+            prep = lab.prepare_migration(vm, target)
+            due = began + LEAD_S + k * spacing
+            while time.monotonic() < due:
+                for bench in benches:
+                    bench.check_stall()
+                time.sleep(min(0.1, max(0.0, due - time.monotonic())))
+            if time.monotonic() > began + seconds - TAIL_S / 2:
+                self.reasons.append(
+                    f"migration {k + 1} could not start before pgbench's end: machine too slow"
+                )
+                return
+            times = lab.switch_over(prep)
+            self.events.append(
+                MigrationEvent(
+                    index=k + 1,
+                    vm=vm,
+                    source=source,
+                    target=target,
+                    pause_ms=self.args.pause_ms,
+                    freeze=times.freeze,
+                    resume=times.resume,
+                    prepare_ms=prep.prepare_s * 1000,
+                    status_ms=(times.status_written - times.freeze) * 1000,
+                    freeze_wall=times.freeze_wall,
+                )
+            )
+            lab.finish_migration(prep, times)
+            self.display(
+                f"migration {k + 1}/{len(plan)}: {vm} {source} -> {target}, "
+                f"pause {times.pause_s * 1000:.0f} ms ({times.frozen_pids} processes frozen)"
+            )
+
+    def _start_probe(self, lab: Lab, ip: str, bound_s: float) -> subprocess.Popen[str]:
+        argv = [sys.executable, "-m", "e2e.lab.probe", "--host", ip, "--bound", str(bound_s)]
+        proc = lab.run.popen(
+            lab.client_ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise LabError(f"the probe for {ip} did not start")
+        return proc
+
+    @staticmethod
+    def _stop_probe(proc: subprocess.Popen[str]) -> ProbeData:
+        out, _ = proc.communicate(input="", timeout=30)
+        return ProbeData.from_json(json.loads(out))
+
+    def settings(self) -> dict[str, Any]:
+        a = self.args
+        return {
+            "nodes": a.nodes,
+            "vms": a.vms,
+            "pause_ms": a.pause_ms,
+            "binding": a.binding,
+            "vm_announce": not a.no_vm_announce,
+            "rate": a.rate,
+            "no_progress_ms": a.no_progress_ms,
+        }
+
+
+def keep_running(lab: Lab, display: Display) -> None:
+    print(cheat_sheet(lab))
+    display("the lab stays up: Ctrl-C (or SIGTERM) removes it")
+    try:
+        signal.pause()
+    except Interrupted:
+        return
