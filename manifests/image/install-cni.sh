@@ -172,9 +172,9 @@ cmd_install() {
 cmd_refresh_token() {
   every=""
   if [ "${1:-}" = "--every" ]; then every=${2:?--every needs a number of seconds}; fi
+  if [ -n "$every" ]; then trap 'log "stopping"; exit 0' TERM INT; fi
   refresh_credentials
   [ -n "$every" ] || return 0
-  trap 'log "stopping"; exit 0' TERM INT
   while :; do
     # sleep in the background so SIGTERM is handled at once, not after it.
     sleep "$every" &
