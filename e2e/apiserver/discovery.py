@@ -3,7 +3,13 @@
 The official client needs none of this for its typed calls, but kubectl does:
 ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>``, ``/apis/<group>/<version>``
 describe what is served (built-in resources and every registered CRD), and
-``/version`` names the server. ``kubectl get`` asks for ``as=Table``; a
+``/version`` names the server. ``/openapi/v3`` lists one document per
+group/version whose PATCH operations declare the ``fieldValidation`` query
+parameter: that is how kubectl learns it may leave validation to the server
+(``?fieldValidation=Strict``) instead of downloading full schemas, so
+``kubectl apply`` works without ``--validate=false``. The documents carry no
+schemas. # Limitation: tools that need full OpenAPI schemas (kubectl explain,
+client-side strategic merge of unknown types) do not work against the lab. ``kubectl get`` asks for ``as=Table``; a
 :func:`table` answer has Name, a few per-type columns (a CRD's
 additionalPrinterColumns for custom resources) and Age.
 """
@@ -205,3 +211,54 @@ def _cell(value: Any) -> Any:
     if isinstance(value, dict | list):
         return str(value)
     return value
+
+
+# OpenAPI v3, just enough for kubectl's server-side field validation check.
+
+
+def _gv_path(group: str, version: str) -> str:
+    return f"apis/{group}/{version}" if group else f"api/{version}"
+
+
+def openapi_root(registry: Registry) -> dict[str, Any]:
+    stamp = f"{registry.generation:08x}"
+    return {
+        "paths": {
+            _gv_path(g, v): {"serverRelativeURL": f"/openapi/v3/{_gv_path(g, v)}?hash={stamp}"}
+            for g, v in registry.all_group_versions()
+        }
+    }
+
+
+def openapi_group_version(registry: Registry, gv_path: str) -> dict[str, Any] | None:
+    parts = gv_path.strip("/").split("/")
+    if len(parts) == 2 and parts[0] == "api":
+        group, version = "", parts[1]
+    elif len(parts) == 3 and parts[0] == "apis":
+        group, version = parts[1], parts[2]
+    else:
+        return None
+    types = registry.in_group_version(group, version)
+    if not types:
+        return None
+    paths: dict[str, Any] = {}
+    for rtype in types:
+        gvk = {"group": rtype.group, "version": rtype.version, "kind": rtype.kind}
+        params = [
+            {"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
+            for name in ("dryRun", "fieldManager", "fieldValidation")
+        ]
+        operation = {
+            "operationId": f"patch{rtype.kind}",
+            "parameters": params,
+            "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": gvk,
+        }
+        paths[rtype.base_path("{namespace}") + "/{name}"] = {"patch": operation}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "vmoverlay lab API server", "version": SERVER_VERSION["gitVersion"]},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }

@@ -160,6 +160,10 @@ class ResourceHandlers:
                 raise failure
         q = request.query
         ns, name, sub = target.namespace, target.name or "", target.subresource
+        if q.get("dryRun"):
+            # Refused rather than ignored: ignoring it would write what the caller only tried.
+            raise errors.bad_request("dryRun is not supported by the lab API server")
+        strict = q.get("fieldValidation") == "Strict"
         if verb == "get":
             return self._answer(request, rtype, [self.api.get(rtype, ns, name)], single=True)
         if verb == "list":
@@ -175,16 +179,18 @@ class ResourceHandlers:
         if verb == "watch":
             return await self._watch(request, rtype, ns)
         if verb == "create":
-            return json_response(self.api.create(rtype, ns, await self._body(request)), 201)
+            body = await self._body(request)
+            return json_response(self.api.create(rtype, ns, body, strict=strict), 201)
         if verb == "update":
+            body = await self._body(request)
             return json_response(
-                self.api.replace(rtype, ns, name, await self._body(request), subresource=sub)
+                self.api.replace(rtype, ns, name, body, subresource=sub, strict=strict)
             )
         if verb == "patch":
             content_type = request.content_type
             patch = await self._body(request)
             return json_response(
-                self.api.patch(rtype, ns, name, content_type, patch, subresource=sub)
+                self.api.patch(rtype, ns, name, content_type, patch, subresource=sub, strict=strict)
             )
         options = await self._delete_options(request)
         if verb == "delete":

@@ -62,7 +62,12 @@ from e2e.apiserver.selectors import (
     parse_label_selector,
 )
 from e2e.apiserver.store import Store, meta
-from e2e.apiserver.validation import prune_and_default, validate_name, validate_schema
+from e2e.apiserver.validation import (
+    prune_and_default,
+    validate_metadata,
+    validate_name,
+    validate_schema,
+)
 from vmoverlay.logs import get_logger
 
 log = get_logger("lab-apiserver")
@@ -166,7 +171,9 @@ class ObjectApi:
 
     # Create.
 
-    def create(self, rtype: ResourceType, namespace: str | None, body: Any) -> dict[str, Any]:
+    def create(
+        self, rtype: ResourceType, namespace: str | None, body: Any, *, strict: bool = False
+    ) -> dict[str, Any]:
         obj = self._checked_body(rtype, body)
         m = obj["metadata"]
         self._place(rtype, namespace, m)
@@ -184,7 +191,7 @@ class ObjectApi:
         m["creationTimestamp"] = now()
         m["generation"] = 1
         self._initial_status(rtype, obj)
-        self._admit(rtype, obj)
+        self._admit(rtype, obj, strict=strict)
         stored = self.store.put(rtype.key, obj)
         if rtype.key == CRD_KEY:
             self.registry.register_crd(stored)
@@ -234,6 +241,7 @@ class ObjectApi:
         body: Any,
         *,
         subresource: str | None = None,
+        strict: bool = False,
     ) -> dict[str, Any]:
         old = self.get(rtype, namespace, name)
         obj = self._checked_body(rtype, body)
@@ -246,7 +254,7 @@ class ObjectApi:
         rv = m.get("resourceVersion")
         if rv and str(rv) != meta(old).get("resourceVersion"):
             raise errors.conflict(rtype.plural, rtype.group, name)
-        return self._update(rtype, old, obj, subresource)
+        return self._update(rtype, old, obj, subresource, strict=strict)
 
     def patch(
         self,
@@ -257,6 +265,7 @@ class ObjectApi:
         patch: Any,
         *,
         subresource: str | None = None,
+        strict: bool = False,
     ) -> dict[str, Any]:
         old = self.get(rtype, namespace, name)
         doc = apply_patch(rtype, old, content_type, patch)
@@ -281,7 +290,7 @@ class ObjectApi:
         if str(m.get("resourceVersion") or "") != meta(old).get("resourceVersion"):
             if m.get("resourceVersion"):
                 raise errors.conflict(rtype.plural, rtype.group, name)
-        return self._update(rtype, old, doc, subresource)
+        return self._update(rtype, old, doc, subresource, strict=strict)
 
     def _update(
         self,
@@ -289,10 +298,13 @@ class ObjectApi:
         old: dict[str, Any],
         new: dict[str, Any],
         subresource: str | None,
+        *,
+        strict: bool = False,
     ) -> dict[str, Any]:
         candidate = _merge_for_update(rtype, old, new, subresource)
         candidate["apiVersion"], candidate["kind"] = rtype.api_version, rtype.kind
-        self._admit(rtype, candidate)
+        _check_new_finalizers(rtype, old, candidate)
+        self._admit(rtype, candidate, strict=strict)
         if _spec_part(rtype, old) != _spec_part(rtype, candidate):
             candidate["metadata"]["generation"] = int(meta(old).get("generation") or 1) + 1
         if rtype.key == CRD_KEY:
@@ -447,14 +459,22 @@ class ObjectApi:
             )
         m["namespace"] = namespace or m.get("namespace") or "default"
 
-    def _admit(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
-        """Prune, default and validate a custom resource against its schema."""
-        if rtype.schema is None:
-            return
-        prune_and_default(rtype.schema, obj)
-        causes = validate_schema(rtype.schema, obj)
+    def _admit(self, rtype: ResourceType, obj: dict[str, Any], *, strict: bool = False) -> None:
+        """Validate metadata; prune, default and validate a custom resource against its schema.
+
+        ``strict`` is ``fieldValidation=Strict``: unknown fields are refused (400) instead of
+        silently pruned.
+        """
+        name = str(meta(obj).get("name", ""))
+        causes = validate_metadata(meta(obj))
+        if rtype.schema is not None:
+            pruned = prune_and_default(rtype.schema, obj)
+            if strict and pruned:
+                unknown = ", ".join(f'unknown field "{path}"' for path in pruned)
+                raise errors.bad_request(f"strict decoding error: {unknown}")
+            causes += validate_schema(rtype.schema, obj)
         if causes:
-            raise errors.invalid(rtype.kind, rtype.group, str(meta(obj).get("name", "")), causes)
+            raise errors.invalid(rtype.kind, rtype.group, name, causes)
 
 
 def apply_patch(rtype: ResourceType, old: dict[str, Any], content_type: str, patch: Any) -> Any:
@@ -509,6 +529,29 @@ def _merge_for_update(
     return candidate
 
 
+def _check_new_finalizers(rtype: ResourceType, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """A real server refuses new finalizers on an object that is being deleted."""
+    if not meta(old).get("deletionTimestamp"):
+        return
+    added = [
+        f for f in meta(new).get("finalizers") or [] if f not in (meta(old).get("finalizers") or [])
+    ]
+    if added:
+        raise errors.invalid(
+            rtype.kind,
+            rtype.group,
+            str(meta(old).get("name")),
+            [
+                (
+                    "metadata.finalizers",
+                    "FieldValueForbidden",
+                    "metadata.finalizers: Forbidden: no new finalizers can be added if the "
+                    f"object is being deleted, found new finalizers {added}",
+                )
+            ],
+        )
+
+
 def _spec_part(rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
     skip = {"metadata", "apiVersion", "kind"} | ({"status"} if rtype.has_status else set())
     return {k: v for k, v in obj.items() if k not in skip}
@@ -534,10 +577,56 @@ def _check_preconditions(rtype: ResourceType, obj: dict[str, Any], pre: dict[str
         )
 
 
-def _field_allowed(rtype: ResourceType) -> Callable[[str], bool] | None:
-    if rtype.custom:
-        return lambda path: path in ("metadata.name", "metadata.namespace")
-    return None
+# Field selectors each built-in type supports on a real server (besides metadata.name
+# and metadata.namespace, which every type supports); others are 400 there and here.
+FIELD_LABELS: dict[str, tuple[str, ...]] = {
+    "/pods": (
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.podIPs",
+        "status.nominatedNodeName",
+    ),
+    "/nodes": ("spec.unschedulable",),
+    "/namespaces": ("status.phase",),
+    "/secrets": ("type",),
+    "/events": (
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    ),
+    "events.k8s.io/events": (
+        "regarding.kind",
+        "regarding.namespace",
+        "regarding.name",
+        "regarding.uid",
+        "regarding.apiVersion",
+        "regarding.resourceVersion",
+        "regarding.fieldPath",
+        "reason",
+        "reportingController",
+        "type",
+    ),
+}
+
+
+def _field_allowed(rtype: ResourceType) -> Callable[[str], bool]:
+    allowed = {"metadata.name", "metadata.namespace"}
+    allowed |= set(FIELD_LABELS.get(rtype.key, ()))
+    allowed |= set(rtype.selectable_fields)
+    return lambda path: path in allowed
 
 
 def _sort_key(obj: dict[str, Any]) -> str:

@@ -5,6 +5,10 @@ validate and describe one resource: its group/version/plural, kind, scope,
 whether it has a ``status`` subresource, its OpenAPI v3 schema (custom
 resources only) and its printer columns for ``kubectl get``.
 
+Apps (Deployments, DaemonSets), PodDisruptionBudgets and RBAC objects are stored and served like
+any other object so ``kubectl apply -k manifests/`` works, but nothing runs
+them: the lab starts the components itself.
+
 Storage is keyed by ``group/plural`` (:attr:`ResourceType.key`), so every served
 version of a custom resource shares one set of objects, as on a real server.
 
@@ -31,6 +35,21 @@ CORE_RESOURCES: tuple[tuple[str, str, bool, bool, tuple[str, ...]], ...] = (
 
 GROUP_RESOURCES: tuple[tuple[str, str, str, str, bool, bool, tuple[str, ...]], ...] = (
     ("events.k8s.io", "v1", "events", "Event", True, False, ("ev",)),
+    ("apps", "v1", "deployments", "Deployment", True, True, ("deploy",)),
+    ("apps", "v1", "daemonsets", "DaemonSet", True, True, ("ds",)),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, True, ("pdb",)),
+    ("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False, False, ()),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        False,
+        False,
+        (),
+    ),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role", True, False, ()),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True, False, ()),
     ("coordination.k8s.io", "v1", "leases", "Lease", True, False, ()),
     (
         "apiextensions.k8s.io",
@@ -67,6 +86,7 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     schema: dict[str, Any] | None = None
     printer_columns: tuple[PrinterColumn, ...] = ()
+    selectable_fields: tuple[str, ...] = ()
     custom: bool = False
     verbs: tuple[str, ...] = field(
         default=(
@@ -160,6 +180,11 @@ def types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
                 short_names=tuple(names.get("shortNames") or ()),
                 schema=schema if isinstance(schema, dict) else None,
                 printer_columns=columns,
+                selectable_fields=tuple(
+                    str(f.get("jsonPath", "")).lstrip(".")
+                    for f in version.get("selectableFields") or []
+                    if isinstance(f, dict)
+                ),
                 custom=True,
             )
         )
@@ -172,11 +197,13 @@ class Registry:
     def __init__(self) -> None:
         self._types: dict[tuple[str, str, str], ResourceType] = {}
         self._by_crd: dict[str, list[ResourceType]] = {}
+        self.generation = 0  # bumped on every change, for discovery caches
         for rtype in builtin_types():
             self.add(rtype)
 
     def add(self, rtype: ResourceType) -> None:
         self._types[(rtype.group, rtype.version, rtype.plural)] = rtype
+        self.generation += 1
 
     def lookup(self, group: str, version: str, plural: str) -> ResourceType | None:
         return self._types.get((group, version, plural))
@@ -201,10 +228,15 @@ class Registry:
         types = self._by_crd.pop(name, [])
         for rtype in types:
             self._types.pop((rtype.group, rtype.version, rtype.plural), None)
+        self.generation += 1
         return types
 
     def all(self) -> list[ResourceType]:
         return list(self._types.values())
+
+    def all_group_versions(self) -> list[tuple[str, str]]:
+        """Every served (group, version), the core group as ("", "v1")."""
+        return sorted({(g, v) for g, v, _ in self._types})
 
     def group_versions(self) -> dict[str, list[str]]:
         """Served versions of each non-core group, preferred (first registered) first."""

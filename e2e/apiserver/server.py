@@ -110,6 +110,8 @@ class LabApiServer:
         app.router.add_get("/apis", self._groups)
         app.router.add_get("/apis/", self._groups)
         app.router.add_get("/apis/{group}", self._group)
+        app.router.add_get("/openapi/v3", self._openapi_root)
+        app.router.add_get("/openapi/v3/{gv:.*}", self._openapi_gv)
         app.router.add_route("*", "/{tail:.*}", resources.handle)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -141,6 +143,18 @@ class LabApiServer:
     async def _groups(self, request: web.Request) -> web.Response:
         assert self.api is not None
         return json_response(discovery.group_list(self.api.registry))
+
+    async def _openapi_root(self, request: web.Request) -> web.Response:
+        assert self.api is not None
+        return json_response(discovery.openapi_root(self.api.registry))
+
+    async def _openapi_gv(self, request: web.Request) -> web.Response:
+        assert self.api is not None
+        doc = discovery.openapi_group_version(self.api.registry, request.match_info["gv"])
+        if doc is None:
+            error = ApiError(404, "NotFound", "the server could not find the requested resource")
+            return json_response(error.status(), 404)
+        return json_response(doc)
 
     async def _group(self, request: web.Request) -> web.Response:
         assert self.api is not None

@@ -92,6 +92,8 @@ class Store:
         self.uids: dict[str, Location] = {}
         self.dependents: dict[str, set[Location]] = {}
         self.subscriptions: dict[str, set[Subscription]] = {}
+        # Sorted keys per resource, rebuilt on the next list after a create or delete.
+        self._sorted: dict[str, list[ObjKey]] = {}
         self.persistence = persistence
         if persistence is not None:
             self._load(persistence)
@@ -113,9 +115,12 @@ class Store:
     def list_objects(self, key: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """Objects of one resource, sorted by (namespace, name); ``None`` means every namespace."""
         bucket = self.objects.get(key, {})
+        order = self._sorted.get(key)
+        if order is None:
+            order = self._sorted[key] = sorted(bucket)
         if namespace is None:
-            return [bucket[k] for k in sorted(bucket)]
-        return [bucket[k] for k in sorted(k for k in bucket if k[0] == namespace)]
+            return [bucket[k] for k in order]
+        return [bucket[k] for k in order if k[0] == namespace]
 
     def count(self, key: str) -> int:
         return len(self.objects.get(key, {}))
@@ -141,6 +146,8 @@ class Store:
         if self.persistence is not None:
             self.persistence.save(key, namespace, name, obj, self.rv)
         self.objects.setdefault(key, {})[(namespace, name)] = obj
+        if old is None:
+            self._sorted.pop(key, None)
         self._index(key, namespace, name, old, obj)
         self._emit(Event(self.rv, "ADDED" if old is None else "MODIFIED", key, namespace, obj, old))
         return obj
@@ -154,6 +161,7 @@ class Store:
         if self.persistence is not None:
             self.persistence.delete(key, namespace, name, self.rv)
         del self.objects[key][(namespace, name)]
+        self._sorted.pop(key, None)
         gone = {**old, "metadata": {**meta(old), "resourceVersion": str(self.rv)}}
         self._index(key, namespace, name, old, None)
         self._emit(Event(self.rv, "DELETED", key, namespace, gone, old))

@@ -1,7 +1,7 @@
 """Validation, pruning and defaulting of objects, as the real API server does them.
 
 - :func:`validate_name` checks ``metadata.name`` (RFC 1123 subdomain, or label
-  for namespaces).
+  for namespaces); :func:`validate_metadata` label and annotation keys/values.
 - :func:`prune_and_default` removes fields a structural CRD schema does not
   declare (unless ``x-kubernetes-preserve-unknown-fields``), drops nulls from
   non-nullable fields, and fills ``default`` values.
@@ -52,44 +52,117 @@ def validate_name(name: str, *, label: bool = False) -> list[Cause]:
     return []
 
 
-def prune_and_default(schema: dict[str, Any], obj: dict[str, Any]) -> None:
-    """Prune unknown fields and apply defaults in place (root metadata is left alone)."""
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+MAX_ANNOTATIONS = 256 * 1024
+
+
+def validate_metadata(meta: dict[str, Any]) -> list[Cause]:
+    """Label keys and values, annotation keys and total size, as the real server checks them."""
+    causes: list[Cause] = []
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    for where, mapping in (("metadata.labels", labels), ("metadata.annotations", annotations)):
+        if not isinstance(mapping, dict):
+            causes.append(
+                (where, "FieldValueTypeInvalid", f"{where}: Invalid value: must be a map")
+            )
+            continue
+        for key, value in mapping.items():
+            problem = _qualified_name_problem(str(key))
+            if problem:
+                causes.append(
+                    (where, "FieldValueInvalid", f'{where}: Invalid value: "{key}": {problem}')
+                )
+            if not isinstance(value, str):
+                causes.append(
+                    (f"{where}.{key}", "FieldValueTypeInvalid", f"{where}.{key}: must be a string")
+                )
+            elif where == "metadata.labels" and (len(value) > 63 or not _LABEL_NAME.match(value)):
+                causes.append(
+                    (
+                        where,
+                        "FieldValueInvalid",
+                        f'{where}: Invalid value: "{value}": a valid label must be an empty '
+                        "string or consist of alphanumeric characters, '-', '_' or '.', and must "
+                        "start and end with an alphanumeric character (at most 63 characters)",
+                    )
+                )
+    if isinstance(annotations, dict):
+        size = sum(len(str(k)) + len(str(v)) for k, v in annotations.items())
+        if size > MAX_ANNOTATIONS:
+            causes.append(
+                (
+                    "metadata.annotations",
+                    "FieldValueTooLong",
+                    f"metadata.annotations: Too long: must have at most {MAX_ANNOTATIONS} bytes",
+                )
+            )
+    return causes
+
+
+def _qualified_name_problem(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _SUBDOMAIN.match(prefix)):
+        return "prefix part must be a lowercase RFC 1123 subdomain"
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        return (
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must "
+            "start and end with an alphanumeric character (at most 63 characters)"
+        )
+    return None
+
+
+def prune_and_default(schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
+    """Prune unknown fields and apply defaults in place (root metadata is left alone).
+
+    Returns the paths of the unknown fields it removed, for strict field validation.
+    """
+    pruned: list[str] = []
     props = schema.get("properties") or {}
     for key in list(obj):
         if key in ROOT_FIELDS:
             continue
         if key in props:
-            obj[key] = _prune(props[key], obj[key])
+            obj[key] = _prune(props[key], obj[key], key, pruned)
             if obj[key] is None and not props[key].get("nullable"):
                 del obj[key]
         elif not schema.get("x-kubernetes-preserve-unknown-fields"):
             del obj[key]
+            pruned.append(key)
     _defaults(props, obj, skip=ROOT_FIELDS)
+    return pruned
 
 
-def _prune(schema: dict[str, Any], value: Any) -> Any:
+def _prune(schema: dict[str, Any], value: Any, path: str, pruned: list[str]) -> Any:
     if schema.get("x-kubernetes-preserve-unknown-fields") and not schema.get("properties"):
         return value
     if isinstance(value, dict):
         props = schema.get("properties")
         extra = schema.get("additionalProperties")
         if props is None and isinstance(extra, dict):
-            return {k: _prune(extra, v) for k, v in value.items()}
+            return {k: _prune(extra, v, f"{path}.{k}", pruned) for k, v in value.items()}
         if props is None:
-            return value if extra or schema.get("type") != "object" else {}
+            if extra or schema.get("type") != "object":
+                return value
+            pruned.extend(f"{path}.{k}" for k in value)
+            return {}
         out: dict[str, Any] = {}
         for key, item in value.items():
             if key in props:
-                pruned = _prune(props[key], item)
-                if pruned is None and not props[key].get("nullable"):
+                kept = _prune(props[key], item, f"{path}.{key}", pruned)
+                if kept is None and not props[key].get("nullable"):
                     continue
-                out[key] = pruned
+                out[key] = kept
             elif schema.get("x-kubernetes-preserve-unknown-fields"):
                 out[key] = item
+            else:
+                pruned.append(f"{path}.{key}")
         _defaults(props, out)
         return out
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [_prune(schema["items"], item) for item in value]
+        return [
+            _prune(schema["items"], item, f"{path}[{i}]", pruned) for i, item in enumerate(value)
+        ]
     return value
 
 

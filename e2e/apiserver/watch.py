@@ -10,8 +10,9 @@ A watch starts from a resourceVersion:
 
 With a label or field selector, an object that starts matching is sent as
 ADDED and one that stops matching as DELETED. ``allowWatchBookmarks`` adds a
-BOOKMARK every ``bookmark_interval`` seconds; ``sendInitialEvents`` ends the
-initial ADDED events with the ``k8s.io/initial-events-end`` bookmark.
+BOOKMARK every ``bookmark_interval`` seconds; ``sendInitialEvents=true`` sends
+the current objects as ADDED whatever the resourceVersion (a streaming list)
+and ends them with the ``k8s.io/initial-events-end`` bookmark.
 ``timeoutSeconds`` ends the stream cleanly.
 
 The subscription is made before the replay, so no event can fall between the
@@ -125,9 +126,10 @@ def _parse_rv(text: str | None) -> int | None:
 async def _send_initial(
     response: web.StreamResponse, store: Store, req: WatchRequest, start_rv: int | None
 ) -> int:
-    last = store.rv
+    # A resourceVersion from the future is waited for, as on a real server.
+    last = max(store.rv, start_rv or 0)
     chunks: list[bytes] = []
-    if start_rv is None:
+    if start_rv is None or req.initial_events_end:
         for obj in store.list_objects(req.rtype.key, req.namespace):
             if req.match(obj):
                 chunks.append(_line("ADDED", obj))

@@ -18,7 +18,10 @@ Scenarios:
 - garbage collection: Orphan keeps dependents, a dependent created with an
   absent owner is collected; deleting a namespace deletes its contents; deleting
   a CRD deletes its objects and its discovery entry;
-- discovery: /api, /apis, /version; kubectl get and apply work against it.
+- discovery: /api, /apis, /version; kubectl get and apply work against it (with
+  server-side strict field validation: an unknown field is refused);
+- metadata checks: bad label keys/values 422, new finalizers on a deleting
+  object 422, unsupported field selectors 400, dryRun refused 400.
 """
 
 from __future__ import annotations
@@ -508,8 +511,8 @@ def test_kubectl(lab_api_module: LabApi) -> None:
             cwd=ROOT,
         ).stdout
 
-    assert "configured" in kubectl("apply", "--validate=false", "-f", "manifests/crds/")
-    assert "unchanged" in kubectl("apply", "--validate=false", "-f", "manifests/crds/")
+    assert "configured" in kubectl("apply", "-f", "manifests/crds/")
+    assert "unchanged" in kubectl("apply", "-f", "manifests/crds/")
     k8s.CoreV1Api(lab.client()).create_node({"metadata": {"name": "kubectl-n1"}})
     assert "kubectl-n1" in kubectl("get", "nodes")
     CustomObjects(lab.client()).create(
@@ -521,3 +524,52 @@ def test_kubectl(lab_api_module: LabApi) -> None:
         json.loads(kubectl("get", "ippool", "kpool", "-o", "json"))["spec"]["cidr"]
         == "198.19.0.0/16"
     )
+    manifest = lab.workdir / "pool.yaml"
+    manifest.write_text(
+        "apiVersion: vmoverlay.io/v1alpha1\nkind: IPPool\nmetadata: {name: kpool2}\n"
+        "spec: {cidr: 198.19.0.0/16, gatewai: 198.19.0.1}\n"
+    )
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        kubectl("apply", "-f", str(manifest))
+    assert 'unknown field "spec.gatewai"' in err.value.stderr
+
+
+def test_metadata_checks(lab_api_module: LabApi) -> None:
+    core = k8s.CoreV1Api(lab_api_module.client())
+    for labels in ({"bad key!": "x"}, {"ok": "198.19.0.1/16"}, {"ok": "x" * 64}):
+        with pytest.raises(ApiException) as err:
+            core.create_namespaced_config_map(
+                "default", {"metadata": {"name": "lbl", "labels": labels}}
+            )
+        assert err.value.status == 422 and "metadata.labels" in err.value.body
+    core.create_namespaced_config_map(
+        "default",
+        {
+            "metadata": {
+                "name": "fin",
+                "finalizers": ["a/b"],
+                "labels": {"vmoverlay.io/pool": "p-1"},
+            }
+        },
+    )
+    core.delete_namespaced_config_map("fin", "default")
+    with pytest.raises(ApiException) as err:
+        core.patch_namespaced_config_map(
+            "fin", "default", {"metadata": {"finalizers": ["a/b", "c/d"]}}
+        )
+    assert err.value.status == 422 and "no new finalizers" in err.value.body
+    core.patch_namespaced_config_map(
+        "fin", "default", {"metadata": {"$deleteFromPrimitiveList/finalizers": ["a/b"]}}
+    )
+    wait_for(
+        lambda: (
+            "fin" not in [c.metadata.name for c in core.list_namespaced_config_map("default").items]
+        ),
+        what="finalized",
+    )
+    with pytest.raises(ApiException) as err:
+        core.list_pod_for_all_namespaces(field_selector="spec.containers=x")
+    assert err.value.status == 400
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_config_map("default", {"metadata": {"name": "dry"}}, dry_run="All")
+    assert err.value.status == 400
