@@ -21,13 +21,16 @@ to print (or None), or raises :class:`~cni.errors.CNIError`.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cni import antispoof, errors, link, result, vm
+from cni import antispoof, errors, link, result
 from cni.config import Env, NetConf
 from cni.errors import CNIError
 from vmoverlay import identity
 from vmoverlay.logs import get_logger
+
+if TYPE_CHECKING:
+    from cni import vm
 
 log = get_logger("cni")
 
@@ -55,6 +58,9 @@ def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
             "CNI_ARGS lacks K8S_POD_NAMESPACE or K8S_POD_NAME",
             "ADD needs the pod to find the VM it runs",
         )
+    # Only ADD talks to the API: DEL, CHECK and GC do not pay for the client's import.
+    from cni import vm
+
     target = vm.find_target(
         kubeconfig=conf.kubeconfig,
         namespace=env.pod_namespace,
