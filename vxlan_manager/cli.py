@@ -4,6 +4,7 @@
                       --underlay-interface IF] [--vni N] [--port N] [--mtu N]
                       [--metrics-addr HOST:PORT] [--log-format json]
     vxlan-manager teardown --node NAME      (uninstall: removes only what the agent owns)
+    vxlan-manager check [--cluster] [--json] (fabric health; see vxlan_manager/health/cli.py)
 
 ``run`` never tears the data plane down: SIGTERM/SIGINT stop the agent and
 leave devices and entries in place, so a pod restart does not cut traffic.
@@ -157,6 +158,10 @@ FLAG_KEYS = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["check"]:  # fabric health check
+        from vxlan_manager.health.cli import main as check_main
+
+        return check_main((sys.argv[1:] if argv is None else argv)[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg: AgentConfig) -> int:
     from vxlan_manager.agent import Agent
+    from vxlan_manager.health.service import HealthService
 
     log = get_logger("vxlan-manager", node=cfg.node)
     client = kube.load_client(cfg.kubeconfig)
@@ -204,6 +210,9 @@ def run(cfg: AgentConfig) -> int:
         raise ConfigError(
             f"failed to listen on metrics address {cfg.metrics_addr}: {exc.strerror}"
         ) from exc
+    nodes, vms = (lambda: list(agent.nodes.values())), (lambda: list(agent.vms.values()))
+    health = HealthService(cfg, agent.metrics.registry, nodes=nodes, vms=vms)
+    health.serve(server)  # GET /health: this node's fabric check with its probe results
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("stopping; the data plane stays up", signal=signal.Signals(signum).name)
@@ -222,8 +231,10 @@ def run(cfg: AgentConfig) -> int:
         underlay=cfg.underlay_address or cfg.underlay_interface or "from Node object",
     )
     try:
+        health.start()  # the prober thread
         agent.run()
     finally:
+        health.stop()
         server.stop()
     return EXIT_OK
 

@@ -32,7 +32,7 @@ from pyroute2 import IPRoute
 from vmoverlay import api
 from vmoverlay.logs import StructLogger, get_logger
 from vmoverlay.metrics import HealthServer
-from vxlan_manager.config import AgentConfig
+from vxlan_manager.config import AgentConfig, ConfigError
 from vxlan_manager.health.checks import check_node
 from vxlan_manager.health.findings import Finding, Report, Severity
 from vxlan_manager.health.observe import observe_node
@@ -62,7 +62,7 @@ class ProbeSettings:
                 timeout=float(env.get("VMOVERLAY_PROBE_TIMEOUT") or DEFAULT_TIMEOUT),
             )
         except ValueError as exc:
-            raise ValueError(f"bad VMOVERLAY_PROBE_* setting: {exc}") from exc
+            raise ConfigError(f"bad VMOVERLAY_PROBE_* setting: {exc}") from exc
 
 
 class HealthService:
