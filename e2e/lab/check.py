@@ -1,0 +1,143 @@
+"""``vmoverlay-lab check``: the fabric health check of a running lab, cluster-wide.
+
+A lab's agents serve their metrics and ``/health`` on loopback inside their
+node namespaces, and the lab API server listens on the lab underlay, so the
+cluster-wide view is gathered from inside: the node check
+(``vxlan-manager check --json``) runs in every node namespace at once, each
+reading its own kernel, the lab API and its agent's probe results; the
+reports are merged into one cluster report (probe matrix + findings by node),
+printed as a table or ``--json`` (schema: :mod:`vxlan_manager.health.findings`).
+
+The lab is found the way ``vmoverlay-lab status`` finds it (the cheat sheet
+``vmoverlay-lab up`` stores); ``--run`` picks one when several run.
+
+Exit codes: 0 healthy, 1 degraded, 2 broken, 3 the check could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from e2e.lab import status
+from vmoverlay.logs import add_logging_args, setup_logging
+from vxlan_manager.health.findings import Finding, Report, Severity, render_table
+
+EXIT_CANNOT_CHECK = 3
+
+
+class LabNotFound(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    """What the health tools need of a running lab (from its cheat sheet)."""
+
+    run_id: str
+    kubeconfig: str
+    nodes: dict[str, str]  # node name -> namespace
+    sheet: dict[str, Any] = field(default_factory=dict)  # the whole cheat sheet
+
+    @classmethod
+    def from_sheet(cls, data: dict[str, Any]) -> LabInfo:
+        return cls(
+            run_id=str(data["run_id"]),
+            kubeconfig=str(data["kubeconfig"]),
+            nodes={str(k): str(v) for k, v in data["nodes"].items()},
+            sheet=data,
+        )
+
+
+def find_lab(run_id: str | None = None) -> LabInfo:
+    """The running lab ``run_id``, or the only one running; errors say what to do."""
+    labs = {str(lab["run_id"]): lab for lab in status.collect()["labs"]}
+    if run_id is not None:
+        if run_id not in labs:
+            running = ", ".join(labs) or "none"
+            raise LabNotFound(f"no running lab with run id {run_id}: running: {running}")
+        chosen = labs[run_id]
+    elif len(labs) == 1:
+        chosen = next(iter(labs.values()))
+    elif not labs:
+        raise LabNotFound("no lab is running: start one with `vmoverlay-lab up`")
+    else:
+        raise LabNotFound(f"several labs are running ({', '.join(sorted(labs))}): pass --run")
+    try:
+        return LabInfo.from_sheet(chosen)
+    except (KeyError, AttributeError) as exc:
+        raise LabNotFound(f"the cheat sheet of lab {chosen.get('run_id')} lacks {exc}") from exc
+
+
+def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", help="run id of the lab (default: the only one running)")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vmoverlay-lab check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_lab_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the JSON report")
+    parser.add_argument("--timeout", type=float, default=20.0, help="seconds per node check")
+    add_logging_args(parser)
+    args = parser.parse_args(argv)
+    setup_logging(level=args.log_level, fmt=args.log_format)
+    try:
+        lab = find_lab(args.run)
+    except LabNotFound as exc:
+        print(f"vmoverlay-lab check: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_CHECK
+    report = lab_report(lab, timeout=args.timeout)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else render_table(report))
+    return report.exit_code
+
+
+def lab_report(lab: LabInfo, *, timeout: float = 20.0) -> Report:
+    """Every node's check, run in its namespace at once, merged into one cluster report."""
+    report = Report(scope="cluster", nodes=sorted(lab.nodes))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(lab.nodes))) as pool:
+        futures = [
+            pool.submit(node_check, lab, name, ns, timeout)
+            for name, ns in sorted(lab.nodes.items())
+        ]
+        for future in futures:
+            one = future.result()
+            if isinstance(one, Report):
+                report.extend(one)
+            else:
+                report.findings.append(one)
+    return report
+
+
+def node_check(lab: LabInfo, node: str, ns: str, timeout: float) -> Report | Finding:
+    """``vxlan-manager check --json`` inside ``ns``; a finding when it could not run."""
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "vxlan_manager.health.cli"]
+    argv += ["--node", node, "--kubeconfig", lab.kubeconfig, "--json", "--log-level", "error"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return _not_run(node, f"no answer within {timeout:.0f}s")
+    if proc.returncode not in (0, 1, 2):
+        return _not_run(node, proc.stderr.strip() or f"exit code {proc.returncode}")
+    try:
+        return Report.from_dict(json.loads(proc.stdout))
+    except (ValueError, KeyError, TypeError) as exc:
+        return _not_run(node, f"unreadable report: {exc}")
+
+
+def _not_run(node: str, why: str) -> Finding:
+    return Finding(
+        Severity.BROKEN,
+        node,
+        "check.run",
+        f"the node check on {node} could not run: {why}",
+        "run `vxlan-manager check` in that node's namespace by hand to see the error",
+    )

@@ -1,0 +1,356 @@
+"""``vmoverlay-lab fault``: inject faults into a running lab's fabric, and remove them.
+
+    vmoverlay-lab fault add drop-vxlan --node n1     nftables drops VXLAN UDP on n1's underlay
+    vmoverlay-lab fault add mtu --node n1 [--mtu 1400]   lower n1's underlay link MTU
+    vmoverlay-lab fault add fdb --node n1 --peer n2  delete n1's all-zero entry toward n2
+    vmoverlay-lab fault add vni --node n1 [--vni 4243]   recreate n1's VXLAN device on another VNI
+    vmoverlay-lab fault add stop-agent --node n1     SIGSTOP n1's agent (its data plane stays)
+    vmoverlay-lab fault remove KIND --node n1 [--peer n2]
+    vmoverlay-lab fault list | clear
+
+Every change happens inside the lab node's own namespace. Each fault records
+what it needs to be undone in ``/run/vmoverlay/<run id>.faults.json``;
+``remove`` restores exactly that (the old MTU, the deleted entry, the device's
+VNI and FDB entries, SIGCONT). An agent's periodic resync may repair an FDB or
+VNI fault by itself; ``remove`` is then a no-op that still succeeds.
+
+The nftables rules go through the ``nftables`` Python module (Debian
+python3-nftables), run in a thread that has entered the node's namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pyr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from e2e.lab.check import LabInfo, LabNotFound, add_lab_arguments, find_lab
+from e2e.netns import STATE_DIR
+from vmoverlay.logs import add_logging_args, get_logger, setup_logging
+from vxlan_manager.config import DEFAULT_BRIDGE, DEFAULT_DEVICE
+from vxlan_manager.desired import ZERO_MAC, FdbEntry
+from vxlan_manager.netlink import NTF_SELF, NUD_STATIC, Kernel
+
+KINDS = ("drop-vxlan", "mtu", "fdb", "vni", "stop-agent")
+UNDERLAY_IF = "eth0"
+NFT_TABLE = "vmo_fault"
+log = get_logger("lab")
+T = TypeVar("T")
+
+
+class FaultError(RuntimeError):
+    pass
+
+
+@dataclass
+class Fault:
+    kind: str
+    node: str
+    peer: str | None = None
+    undo: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str, str | None]:
+        return (self.kind, self.node, self.peer)
+
+    def __str__(self) -> str:
+        return f"{self.kind} on {self.node}" + (f" toward {self.peer}" if self.peer else "")
+
+
+# ---- the record of active faults -----------------------------------------------------
+
+
+def _faults_path(lab: LabInfo) -> Path:
+    return STATE_DIR / f"{lab.run_id}.faults.json"
+
+
+def active(lab: LabInfo) -> list[Fault]:
+    path = _faults_path(lab)
+    if not path.exists():
+        return []
+    return [Fault(**f) for f in json.loads(path.read_text())]
+
+
+def _save(lab: LabInfo, faults: list[Fault]) -> None:
+    _faults_path(lab).write_text(json.dumps([asdict(f) for f in faults], indent=2) + "\n")
+
+
+# ---- inject / remove -----------------------------------------------------------------
+
+
+def inject(
+    lab: LabInfo, kind: str, node: str, *, peer: str | None = None, value: int | None = None
+) -> Fault:
+    """Apply one fault and record how to undo it."""
+    ns = _node_ns(lab, node)
+    fault = Fault(kind, node, peer if kind == "fdb" else None)
+    if any(f.key == fault.key for f in active(lab)):
+        raise FaultError(f"{fault} is already injected: remove it first")
+    if kind == "drop-vxlan":
+        port = _device(ns).port
+        _nft(ns, _drop_rules(port))
+        fault.undo = {"port": port}
+    elif kind == "mtu":
+        fault.undo = {"mtu": _link_mtu(ns, UNDERLAY_IF)}
+        _set_mtu(ns, UNDERLAY_IF, value or 1400)
+    elif kind == "fdb":
+        if peer is None:
+            raise FaultError("the fdb fault needs --peer NODE (whose entry to delete)")
+        vtep = _device(_node_ns(lab, peer)).local
+        _fdb(ns, "del", vtep)
+        fault.undo = {"vtep": vtep}
+    elif kind == "vni":
+        spec = _device(ns)
+        fault.undo = {"vni": spec.vni}
+        _recreate_device(ns, value or spec.vni + 1)
+    elif kind == "stop-agent":
+        pids = agent_pids(ns)
+        if not pids:
+            raise FaultError(f"no vxlan-manager agent runs in {ns}")
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        fault.undo = {"pids": pids}
+    else:
+        raise FaultError(f"unknown fault {kind!r}: use one of {', '.join(KINDS)}")
+    _save(lab, [*active(lab), fault])
+    log.info("fault injected", fault=str(fault), **fault.undo)
+    return fault
+
+
+def remove(lab: LabInfo, kind: str, node: str, *, peer: str | None = None) -> Fault:
+    """Undo one recorded fault."""
+    faults = active(lab)
+    fault = next((f for f in faults if f.kind == kind and f.node == node and f.peer == peer), None)
+    if fault is None:
+        raise FaultError(f"no {kind} fault recorded on {node}: see `vmoverlay-lab fault list`")
+    ns = _node_ns(lab, node)
+    if kind == "drop-vxlan":
+        _nft(ns, [f"delete table inet {NFT_TABLE}"])
+    elif kind == "mtu":
+        _set_mtu(ns, UNDERLAY_IF, int(fault.undo["mtu"]))
+    elif kind == "fdb":
+        _fdb(ns, "append", str(fault.undo["vtep"]))
+    elif kind == "vni":
+        if _device(ns).vni != int(fault.undo["vni"]):
+            _recreate_device(ns, int(fault.undo["vni"]))
+    elif kind == "stop-agent":
+        for pid in fault.undo["pids"]:
+            try:
+                os.kill(int(pid), signal.SIGCONT)
+            except ProcessLookupError:
+                log.warning("agent gone while stopped", node=node, pid=pid)
+    _save(lab, [f for f in faults if f is not fault])
+    log.info("fault removed", fault=str(fault))
+    return fault
+
+
+def clear(lab: LabInfo) -> list[Fault]:
+    """Remove every recorded fault, newest first."""
+    removed = []
+    for fault in reversed(active(lab)):
+        removed.append(remove(lab, fault.kind, fault.node, peer=fault.peer))
+    return removed
+
+
+# ---- the mechanics, each inside the node's namespace ---------------------------------
+
+
+def _node_ns(lab: LabInfo, node: str) -> str:
+    if node not in lab.nodes:
+        raise FaultError(f"no node {node} in lab {lab.run_id}: nodes {', '.join(lab.nodes)}")
+    return lab.nodes[node]
+
+
+def in_netns(ns: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread that entered ``ns`` (setns changes only the calling thread)."""
+    out: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            pyr_netns.setns(ns, flags=0)
+            out.append(fn())
+        except (FaultError, OSError, NetlinkError, ImportError) as exc:
+            errors.append(exc)  # handed back to the calling thread, which raises it
+
+    thread = threading.Thread(target=target, name=f"in-{ns}")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return out[0]
+
+
+def _drop_rules(port: int) -> list[str]:
+    return [
+        f"add table inet {NFT_TABLE}",
+        f"add chain inet {NFT_TABLE} in {{ type filter hook input priority -10; }}",
+        f"add chain inet {NFT_TABLE} out {{ type filter hook output priority -10; }}",
+        f'add rule inet {NFT_TABLE} in iifname "{UNDERLAY_IF}" udp dport {port} drop',
+        f'add rule inet {NFT_TABLE} out oifname "{UNDERLAY_IF}" udp dport {port} drop',
+    ]
+
+
+def _nft(ns: str, commands: list[str]) -> None:
+    def apply() -> None:
+        # Debian python3-nftables; imported here so the other faults never need it.
+        import nftables  # type: ignore[import-untyped]
+
+        nft = nftables.Nftables()
+        for command in commands:
+            rc, _out, err = nft.cmd(command)
+            if rc != 0:
+                raise FaultError(f"failed to run nft `{command}` in {ns}: {err.strip()}")
+
+    in_netns(ns, apply)
+
+
+def _device(ns: str) -> Any:
+    with IPRoute(netns=ns) as ipr:
+        link = Kernel(ipr).link(DEFAULT_DEVICE)
+    if link is None or link.vxlan is None:
+        raise FaultError(f"no VXLAN device {DEFAULT_DEVICE} in {ns}: is the agent up?")
+    return link.vxlan
+
+
+def _link_mtu(ns: str, ifname: str) -> int:
+    with IPRoute(netns=ns) as ipr:
+        return int(ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0].get_attr("IFLA_MTU"))
+
+
+def _set_mtu(ns: str, ifname: str, mtu: int) -> None:
+    with IPRoute(netns=ns) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], mtu=mtu)
+
+
+def _fdb(ns: str, command: str, vtep: str) -> None:
+    with IPRoute(netns=ns) as ipr:
+        index = ipr.link_lookup(ifname=DEFAULT_DEVICE)[0]
+        try:
+            ipr.neigh(
+                command,
+                family=socket.AF_BRIDGE,
+                ifindex=index,
+                lladdr=ZERO_MAC,
+                dst=vtep,
+                state=NUD_STATIC,
+                flags=NTF_SELF,
+            )
+        except NetlinkError as exc:
+            if (command == "del" and exc.code == errno.ENOENT) or exc.code == errno.EEXIST:
+                return
+            raise FaultError(f"failed to {command} FDB entry toward {vtep} in {ns}: {exc}") from exc
+
+
+def _recreate_device(ns: str, vni: int) -> None:
+    """The VXLAN device again, same everything but ``vni`` (VNI cannot change in place)."""
+    with IPRoute(netns=ns) as ipr:
+        kernel = Kernel(ipr)
+        old = kernel.link(DEFAULT_DEVICE)
+        if old is None or old.vxlan is None:
+            raise FaultError(f"no VXLAN device {DEFAULT_DEVICE} in {ns}")
+        spec = old.vxlan
+        entries: set[FdbEntry] = kernel.fdb_entries(old.index)
+        ipr.link("del", index=old.index)
+        ipr.link(
+            "add",
+            ifname=DEFAULT_DEVICE,
+            kind="vxlan",
+            vxlan_id=vni,
+            vxlan_port=spec.port,
+            vxlan_local=spec.local,
+            vxlan_learning=spec.learning,
+            mtu=spec.mtu,
+        )
+        index = ipr.link_lookup(ifname=DEFAULT_DEVICE)[0]
+        master = ipr.link_lookup(ifname=spec.master or DEFAULT_BRIDGE)
+        ipr.link("set", index=index, master=master[0] if master else 0, state="up")
+        for entry in entries:
+            ipr.neigh(
+                "append",
+                family=socket.AF_BRIDGE,
+                ifindex=index,
+                lladdr=entry.mac,
+                dst=entry.dst,
+                state=NUD_STATIC,
+                flags=NTF_SELF,
+            )
+
+
+def agent_pids(ns: str) -> list[int]:
+    """PIDs in ``ns`` whose command line is ``... vxlan-manager run ...``."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") != _ns_id(ns):
+                continue
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        names = [Path(a.decode(errors="replace")).name for a in argv]
+        if "vxlan-manager" in names and "run" in names:
+            pids.append(int(pid))
+    return pids
+
+
+def _ns_id(ns: str) -> str:
+    """The ``net:[inode]`` link of a named namespace, as /proc/<pid>/ns/net shows it."""
+    return f"net:[{os.stat(f'/run/netns/{ns}').st_ino}]"
+
+
+# ---- command line --------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vmoverlay-lab fault",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_lab_arguments(parser)
+    add_logging_args(parser)
+    sub = parser.add_subparsers(dest="action", required=True)
+    for action in ("add", "remove"):
+        p = sub.add_parser(action, help=f"{action} a fault")
+        p.add_argument("kind", choices=KINDS)
+        p.add_argument("--node", required=True)
+        p.add_argument("--peer", help="fdb: the peer whose entry is deleted")
+        if action == "add":
+            p.add_argument("--mtu", type=int, help="mtu: the lowered MTU (default 1400)")
+            p.add_argument("--vni", type=int, help="vni: the wrong VNI (default: VNI + 1)")
+    sub.add_parser("list", help="faults in place")
+    sub.add_parser("clear", help="remove every fault")
+    args = parser.parse_args(argv)
+    setup_logging(level=args.log_level, fmt=args.log_format)
+    try:
+        lab = find_lab(args.run)
+        if args.action == "add":
+            fault = inject(lab, args.kind, args.node, peer=args.peer, value=args.mtu or args.vni)
+            print(f"injected: {fault}")
+        elif args.action == "remove":
+            print(f"removed: {remove(lab, args.kind, args.node, peer=args.peer)}")
+        elif args.action == "clear":
+            for fault in clear(lab):
+                print(f"removed: {fault}")
+        else:
+            for fault in active(lab):
+                print(fault)
+    except (LabNotFound, FaultError, OSError, NetlinkError) as exc:
+        print(f"vmoverlay-lab fault: {exc}", file=sys.stderr)
+        return 2
+    return 0
