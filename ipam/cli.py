@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "vmoverlay"))
     run.add_argument("--lease-name", default=LEASE_NAME)
+    run.add_argument(
+        "--lease-duration",
+        type=_lease_seconds,
+        default=15,
+        help="seconds a standby waits for an unrenewed lease before taking over (15)",
+    )
     run.add_argument("--identity", default=default_identity(), help="leader-election identity")
     run.add_argument(
         "--cluster-cidr",
@@ -117,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
             namespace=args.lease_namespace,
             identity=args.identity,
             log=log,
+            lease_seconds=args.lease_duration,
+            renew_seconds=args.lease_duration * 2 / 3,
+            retry_seconds=args.lease_duration / 7.5,
         )
 
     def ready() -> tuple[bool, str]:
@@ -203,6 +212,13 @@ def _positive_seconds(text: str) -> float:
     value = _seconds(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} must be more than 0 seconds")
+    return value
+
+
+def _lease_seconds(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value} is too short for a lease; use 2 or more")
     return value
 
 

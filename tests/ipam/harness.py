@@ -140,15 +140,36 @@ def wait_addressed(lab: Lab, count: int, timeout: float = 30.0) -> None:
     wait_for(f"{count} VMs addressed", lambda: addressed() >= count, timeout)
 
 
-def check_safety(lab: Lab) -> dict[str, str]:
-    """At any moment: every addressed VM's allocation exists and carries its UID; no duplicate.
+def check_safety(lab: Lab) -> int:
+    """At any moment: no two VMs share an address, and an addressed VM's allocation exists
+    and carries its UID. Returns how many VMs are addressed.
 
-    (Allocations of VMs whose status is not written yet, or of VMs deleted a moment
-    ago, are allowed here; :func:`check_invariants` checks the settled state.)
+    The two lists are not one snapshot: a VM listed with an address may be deleted and
+    released before the allocations are listed. So a VM that seems to lack its allocation
+    is read again, and only one that still exists, unchanged, fails the check.
+    (Allocations of VMs whose status is not written yet, or of VMs deleted a moment ago,
+    are allowed here; :func:`check_invariants` checks the settled state.)
     """
-    allocs = lab.allocations()  # before the VMs: an addressed VM's allocation predates it
     vms = lab.vms()
-    return _check_addressed(vms, allocs)
+    allocs = {a["metadata"]["name"]: a for a in lab.allocations()}
+    seen: dict[str, str] = {}
+    for obj in vms:
+        net = (obj.get("status") or {}).get("network")
+        if not net:
+            continue
+        meta = obj["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        assert net["ip"] not in seen, f"{key} and {seen.get(net['ip'])} share {net['ip']}"
+        seen[net["ip"]] = key
+        alloc = allocs.get(api.allocation_name(net["pool"], net["ip"]))
+        if alloc is None or alloc["spec"]["vm"]["uid"] != meta["uid"]:
+            try:
+                again = lab.vm(meta["name"], meta["namespace"])
+            except kube.NotFound:
+                continue
+            if again["metadata"]["uid"] == meta["uid"]:
+                raise AssertionError(f"VM {key} records {net['ip']}; allocation: {alloc}")
+    return len(seen)
 
 
 def _check_addressed(vms: list[dict[str, Any]], allocs: list[dict[str, Any]]) -> dict[str, str]:

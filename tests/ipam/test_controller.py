@@ -121,14 +121,14 @@ def test_c02_same_name_new_uid_gets_its_own_allocation(lab_api: LabApi, lab: Lab
 
 def test_c02_orphans_go_only_after_the_grace_period(lab_api: LabApi, lab: Lab) -> None:
     lab.create_pool("default", "198.19.0.0/24", default=True)
-    with controller(lab_api, grace=2.0) as ctl:
+    with controller(lab_api, grace=4.0) as ctl:
         lab.create_vm("live")
         lab.wait_network("live")
         ghost = api.ObjectRef(NS, "ghost", "uid-of-a-vm-that-never-existed")
         lab.objs.create(api.ALLOCATION_PLURAL, allocation_body("default", "198.19.0.77", ghost))
         assert ctl.sweep() == 0, "an orphan younger than the grace period must stay"
         assert len(lab.allocations()) == 2
-        time.sleep(3.1)  # creationTimestamp has whole seconds
+        time.sleep(5.1)  # creationTimestamp has whole seconds
         assert ctl.sweep() == 1
         check_invariants(lab, expect_vms=1)
         assert counter(ctl, "vmoverlay_ipam_leaks_reclaimed_total") == 1

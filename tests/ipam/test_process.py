@@ -1,0 +1,321 @@
+"""The real ``ipam-controller`` executable against the lab API server: races and crashes.
+
+Scenarios:
+- C01: two controllers without leader election, a burst of 200 VMs on a /24: 200
+  distinct addresses, each VM's address matches exactly one allocation of its UID,
+  the pool's status says 200 allocated;
+- C01: with the test-only delay between choosing and committing an address, two
+  controllers racing for a nearly full /27 still never hand out one address twice
+  (and the race really happened: both saw 409s);
+- C01 churn: VMs created and deleted in parallel while two controllers run; at every
+  step no two VMs share an address and every addressed VM's allocation carries its
+  UID; once settled, the VM addresses and the allocations are the same set;
+- C04: the controller killed after a VM was deleted, before its release: after the
+  restart the address is free;
+- C06: 50 VMs pre-loaded with addresses (running, stopped, mid-migration), five of
+  their allocations removed and five orphans added: the five come back before any new
+  address is handed out, the orphans go only after the grace period;
+- C06: the controller killed at random moments during a 100-VM burst, ten times: no
+  duplicate, no leak, every VM addressed;
+- leader election: of two controllers one serves; killing it lets the other take over;
+  SIGTERM stops cleanly (exit 0); bad flags exit 2.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from ipam.store import allocation_body
+from tests.fixtures.apiserver import LabApi
+from tests.ipam.harness import (
+    IPAM_BIN,
+    NS,
+    ControllerProcess,
+    Lab,
+    check_invariants,
+    check_safety,
+    wait_addressed,
+    wait_for,
+)
+from vmoverlay import api
+from vmoverlay.identity import mac_from_uid
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int, metric: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith(metric + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def create_vms(lab: Lab, names: list[str], threads: int = 8) -> None:
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lab.create_vm, names))
+
+
+def test_c01_two_controllers_200_vms_distinct(lab_api: LabApi, tmp_path: Path) -> None:
+    lab = Lab(lab_api)
+    lab.create_pool("default", "198.19.0.0/24", default=True)
+    with (
+        ControllerProcess(lab_api, tmp_path, "--cooldown", "0") as one,
+        ControllerProcess(lab_api, tmp_path, "--cooldown", "0") as two,
+    ):
+        one.wait_serving()
+        two.wait_serving()
+        create_vms(lab, [f"vm-{i:03d}" for i in range(200)])
+        wait_addressed(lab, 200, timeout=90)
+        addresses = check_invariants(lab, expect_vms=200)
+        assert len(set(addresses.values())) == 200
+        wait_for(
+            "pool status 200 allocated",
+            lambda: (lab.pool("default").get("status") or {}).get("allocated") == 200,
+        )
+        assert lab.pool("default")["status"]["free"] == 54  # 254 usable, no gateway
+
+
+def test_c01_commit_delay_never_duplicates(lab_api: LabApi, tmp_path: Path) -> None:
+    lab = Lab(lab_api)
+    lab.create_pool("small", "198.19.0.0/27", default=True)
+    ports = [free_port(), free_port()]
+    env = {"VMOVERLAY_IPAM_TEST_COMMIT_DELAY": "0.05"}
+    procs = [
+        ControllerProcess(lab_api, tmp_path, "--metrics-addr", f"127.0.0.1:{port}", env=env)
+        for port in ports
+    ]
+    # The harness's own --metrics-addr comes first; the later flag wins.
+    with procs[0], procs[1]:
+        for proc in procs:
+            proc.wait_serving()
+        create_vms(lab, [f"vm-{i:02d}" for i in range(28)])
+        wait_addressed(lab, 28, timeout=60)
+        check_invariants(lab, expect_vms=28)
+        conflicts = sum(scrape(port, "vmoverlay_ipam_conflicts_total") for port in ports)
+        assert conflicts > 0, "the two controllers never raced; the test proves nothing"
+
+
+def test_c01_churn_keeps_addresses_and_allocations_equal(lab_api: LabApi, tmp_path: Path) -> None:
+    lab = Lab(lab_api)
+    lab.create_pool("default", "198.19.0.0/26", default=True)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    deleted: list[str] = []
+
+    def churn(worker: int) -> None:
+        # Each worker keeps 5 to 15 VMs: 3 workers stay below the /26's 62 addresses.
+        rng = random.Random(worker)
+        alive: list[str] = []
+        n = 0
+        try:
+            while not stop.is_set():
+                if len(alive) < 5 or (len(alive) < 15 and rng.random() < 0.5):
+                    name = f"churn-{worker}-{n}"
+                    n += 1
+                    lab.create_vm(name)
+                    alive.append(name)
+                else:
+                    name = alive.pop(rng.randrange(len(alive)))
+                    lab.delete_vm(name)
+                    deleted.append(name)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with (
+        ControllerProcess(lab_api, tmp_path, "--cooldown", "0.5") as one,
+        ControllerProcess(lab_api, tmp_path, "--cooldown", "0.5") as two,
+    ):
+        one.wait_serving()
+        two.wait_serving()
+        workers = [threading.Thread(target=churn, args=(w,)) for w in range(3)]
+        for thread in workers:
+            thread.start()
+        checks = 0
+        deadline = time.monotonic() + 12
+        try:
+            while time.monotonic() < deadline and not errors:
+                check_safety(lab)
+                checks += 1
+        finally:
+            stop.set()
+            for thread in workers:
+                thread.join(timeout=30)
+        assert not errors, errors
+        assert checks > 10 and len(deleted) > 30, (checks, len(deleted))
+        total = len(lab.vms())
+        wait_addressed(lab, total, timeout=30)
+        wait_for("settled", lambda: len(lab.allocations()) == total, timeout=30)
+        check_invariants(lab, expect_vms=total)
+
+
+def test_c04_killed_before_release_frees_after_restart(lab_api: LabApi, tmp_path: Path) -> None:
+    lab = Lab(lab_api)
+    lab.create_pool("default", "198.19.0.0/24", default=True)
+    args = ("--grace", "1", "--sweep-interval", "0.3")
+    proc = ControllerProcess(lab_api, tmp_path, *args).start()
+    try:
+        proc.wait_serving()
+        lab.create_vm("pg-0")
+        lab.create_vm("pg-1")
+        lab.wait_network("pg-0")
+        lab.wait_network("pg-1")
+        proc.kill()
+        lab.delete_vm("pg-0")
+        time.sleep(2.1)  # the allocation is older than the grace period
+        assert len(lab.allocations()) == 2
+        proc.start()
+        wait_for("pg-0's address freed", lambda: len(lab.allocations()) == 1, timeout=15)
+        check_invariants(lab, expect_vms=1)
+    finally:
+        proc.kill()
+
+
+def preload_vms(lab: Lab, count: int) -> list[dict[str, object]]:
+    """VMs with addresses in their status, as a restore from backup would leave them."""
+    phases = [("Running", "node-a"), ("Stopped", None), ("Migrating", "node-b")]
+    vms = []
+    for i in range(count):
+        phase, node = phases[i % 3]
+        obj = lab.create_vm(f"pre-{i:02d}")
+        network = {
+            "ip": f"198.19.0.{10 + i}",
+            "prefix": 24,
+            "mac": mac_from_uid(obj["metadata"]["uid"]),
+            "mtu": 1450,
+            "pool": "default",
+        }
+        status = {"phase": phase, "network": network, **({"node": node} if node else {})}
+        obj["status"] = status
+        vms.append(lab.objs.replace_status(api.VM_PLURAL, obj["metadata"]["name"], obj, NS))
+    return vms
+
+
+def test_c06_restart_rebuilds_before_it_serves(lab_api: LabApi, tmp_path: Path) -> None:
+    lab = Lab(lab_api)
+    lab.create_pool("default", "198.19.0.0/24", default=True)
+    vms = preload_vms(lab, 50)
+    missing = []
+    for i, obj in enumerate(vms):
+        net = obj["status"]["network"]  # type: ignore[index]
+        meta = obj["metadata"]  # type: ignore[index]
+        ref = api.ObjectRef(NS, meta["name"], meta["uid"])
+        if i % 10 == 3:
+            missing.append(api.allocation_name("default", net["ip"]))
+            continue
+        lab.objs.create(api.ALLOCATION_PLURAL, allocation_body("default", net["ip"], ref))
+    orphans = []
+    for i in range(5):
+        ref = api.ObjectRef(NS, f"gone-{i}", f"uid-gone-{i}")
+        orphans.append(
+            lab.objs.create(
+                api.ALLOCATION_PLURAL, allocation_body("default", f"198.19.0.{200 + i}", ref)
+            )["metadata"]["name"]
+        )
+    for i in range(5):
+        lab.create_vm(f"new-{i}")
+    before = lab.allocations()
+    assert len(missing) == 5 and len(before) == 50
+
+    with ControllerProcess(lab_api, tmp_path, "--grace", "6", "--sweep-interval", "0.3") as proc:
+        proc.wait_serving()
+        wait_addressed(lab, 55)
+        # Allocations are never modified, so their resourceVersion is their creation
+        # order (the lab API's versions are one increasing counter).
+        preloaded = {a["metadata"]["name"] for a in before}
+        created = sorted(
+            (a for a in lab.allocations() if a["metadata"]["name"] not in preloaded),
+            key=lambda a: int(a["metadata"]["resourceVersion"]),
+        )
+        creates = [a["metadata"]["name"] for a in created]
+        assert sorted(creates[:5]) == sorted(missing), "rebuild must come before new addresses"
+        assert len(creates) == 10
+        names = {a["metadata"]["name"] for a in lab.allocations()}
+        assert set(orphans) <= names, "orphans younger than the grace period must stay"
+        wait_for("orphans swept after the grace period", lambda: not check_orphans(lab), 20)
+        addresses = check_invariants(lab, expect_vms=55)
+        for obj in vms:
+            meta, status = obj["metadata"], obj["status"]  # type: ignore[index]
+            assert addresses[f"{NS}/{meta['name']}"] == status["network"]["ip"]
+
+
+def check_orphans(lab: Lab) -> list[str]:
+    uids = {v["metadata"]["uid"] for v in lab.vms()}
+    return [a["metadata"]["name"] for a in lab.allocations() if a["spec"]["vm"]["uid"] not in uids]
+
+
+def test_c06_killed_ten_times_during_a_burst(lab_api: LabApi, tmp_path: Path) -> None:
+    lab = Lab(lab_api)
+    lab.create_pool("default", "198.19.0.0/24", default=True)
+    rng = random.Random(6)
+    proc = ControllerProcess(lab_api, tmp_path, "--grace", "2", "--sweep-interval", "0.5")
+    creator = threading.Thread(
+        target=create_vms, args=(lab, [f"vm-{i:03d}" for i in range(100)], 2)
+    )
+    try:
+        proc.start()
+        creator.start()
+        for _ in range(10):
+            time.sleep(rng.uniform(0.3, 1.2))
+            proc.kill()
+            proc.start()
+        creator.join(timeout=60)
+        wait_addressed(lab, 100, timeout=60)
+        wait_for("settled", lambda: len(lab.allocations()) == 100, timeout=30)
+        check_invariants(lab, expect_vms=100)
+    finally:
+        proc.kill()
+
+
+def test_leader_election_one_serves_and_the_other_takes_over(
+    lab_api: LabApi, tmp_path: Path
+) -> None:
+    lab = Lab(lab_api)
+    lab.create_pool("default", "198.19.0.0/24", default=True)
+    args = ["--lease-namespace", NS, "--lease-duration", "3"]
+    first = ControllerProcess(lab_api, tmp_path, *args, "--identity", "first")
+    second = ControllerProcess(lab_api, tmp_path, *args, "--identity", "second")
+    for proc in (first, second):
+        proc.args.remove("--no-leader-elect")
+    with first:
+        first.wait_serving()
+        with second:
+            time.sleep(2)
+            assert '"msg":"serving"' not in second.log_text(), "standby must not serve"
+            lab.create_vm("pg-0")
+            lab.wait_network("pg-0")
+            first.kill()
+            second.wait_serving(timeout=15)
+            lab.create_vm("pg-1")
+            lab.wait_network("pg-1")
+            assert second.terminate() == 0
+            assert '"reason":"signal"' in second.log_text()
+    check_invariants(lab, expect_vms=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "--workers: 0 must be at least 1"),
+        (["--cooldown", "soon"], "'soon' is not a number of seconds"),
+        (["--cluster-cidr", "198.18.0.1/24"], "did you mean 198.18.0.0/24"),
+        (["--metrics-addr", "nowhere"], "is not HOST:PORT"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_clear_error(args: list[str], message: str) -> None:
+    done = subprocess.run([str(IPAM_BIN), "run", *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert message in done.stderr
