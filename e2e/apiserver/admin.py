@@ -4,7 +4,8 @@
 - ``POST /_lab/faults``: ``{"failWrites": {"count": 3, "code": 503, "resource":
   "ipallocations", "verbs": ["create"]}, "delayMs": 20}`` (each key optional).
 - ``DELETE /_lab/faults``: all faults off.
-- ``POST /_lab/faults/cut-watches``: end every open watch stream now.
+- ``POST /_lab/faults/cut-watches``: end every open watch stream now;
+  ``?mode=reset`` drops the connections instead (the client sees a broken stream).
 - ``POST /_lab/compact``: forget the event history (watches from older
   resourceVersions get 410 Gone), like etcd compaction.
 - ``GET /_lab/audit?userAgent=ipam&verb=create&resource=ipallocations``:
@@ -67,7 +68,8 @@ class AdminHandlers:
         return json_response(self.faults.to_dict())
 
     async def cut_watches(self, request: web.Request) -> web.Response:
-        return json_response({"cut": self.api.store.end_watches()})
+        reset = request.query.get("mode") == "reset"
+        return json_response({"cut": self.api.store.end_watches(reset=reset)})
 
     async def compact(self, request: web.Request) -> web.Response:
         self.api.store.compact()

@@ -10,7 +10,9 @@ Three faults, set through ``POST /_lab/faults`` (see :mod:`e2e.apiserver.admin`)
 - ``delayMs``: every API request (not the admin ones) waits this long first.
 - cutting watches (``POST /_lab/faults/cut-watches``): every open watch stream
   ends at once, as when a real API server restarts or a load balancer drops
-  idle streams; clients must re-watch from their last resourceVersion.
+  idle streams; clients must re-watch from their last resourceVersion. With
+  ``?mode=reset`` the connections are dropped mid-stream instead, as a network
+  failure would, and the official client raises a ProtocolError.
 """
 
 from __future__ import annotations

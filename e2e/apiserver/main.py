@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -72,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(
             f"vmoverlay-lab apiserver: failed to start on {args.address}:{args.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    except sqlite3.Error as exc:
+        print(
+            f"vmoverlay-lab apiserver: failed to open the data dir {args.data_dir}: {exc}; "
+            "check it is writable, or start without --data-dir",
             file=sys.stderr,
         )
         return 1

@@ -46,7 +46,7 @@ def check_address(address: str) -> str:
     except ValueError as exc:
         raise AddressNotAllowed(
             f"failed to use listen address {address!r}: not an IPv4 address; "
-            "use 127.0.0.1 or an address in 198.18.0.0/15"
+            "use an address in 127.0.0.0/8 (loopback) or 198.18.0.0/15 (the lab range)"
         ) from exc
     if not any(ip in net for net in ALLOWED_NETWORKS):
         raise AddressNotAllowed(

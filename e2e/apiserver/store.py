@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 ObjKey = tuple[str, str]  # (namespace, name)
+RESET = "reset"  # queued to a watcher: drop the connection
 Location = tuple[str, str, str]  # (resource key, namespace, name)
 
 
@@ -64,10 +65,13 @@ class Event:
 
 @dataclass(eq=False)
 class Subscription:
-    """A watcher's queue of events for one resource key; ``None`` in the queue ends the watch."""
+    """A watcher's queue of events for one resource key.
+
+    ``None`` in the queue ends the watch cleanly; :data:`RESET` drops its connection.
+    """
 
     key: str
-    queue: asyncio.Queue[Event | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Event | str | None] = field(default_factory=asyncio.Queue)
 
 
 def meta(obj: dict[str, Any]) -> dict[str, Any]:
@@ -229,12 +233,16 @@ class Store:
         if subs is not None:
             subs.discard(sub)
 
-    def end_watches(self) -> int:
-        """Close every open watch (fault injection and shutdown); returns how many."""
+    def end_watches(self, *, reset: bool = False) -> int:
+        """End every open watch (fault injection and shutdown); returns how many.
+
+        ``reset`` drops the connections without ending the streams properly, as a
+        network failure would; otherwise each stream ends cleanly.
+        """
         n = 0
         for subs in self.subscriptions.values():
             for sub in subs:
-                sub.queue.put_nowait(None)
+                sub.queue.put_nowait(RESET if reset else None)
                 n += 1
         return n
 

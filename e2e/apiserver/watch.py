@@ -31,9 +31,13 @@ from aiohttp import web
 
 from e2e.apiserver import errors
 from e2e.apiserver.resources import ResourceType
-from e2e.apiserver.store import Event, Store
+from e2e.apiserver.store import RESET, Event, Store
 
 DEFAULT_TIMEOUT = 1800.0
+
+
+class ConnectionReset(Exception):
+    """Raised inside a watch to drop its connection (fault injection)."""
 
 
 class WatchRequest:
@@ -104,7 +108,13 @@ async def serve_watch(
             await response.write_eof()
             return response
         last = await _send_initial(response, store, req, start_rv)
-        await _follow(response, sub.queue, req, last, bookmark_interval)
+        try:
+            await _follow(response, sub.queue, req, last, bookmark_interval)
+        except ConnectionReset:
+            # Fault injection: drop the connection mid-stream, no end-of-stream chunk.
+            if request.transport is not None:
+                request.transport.close()
+            return response
         await response.write_eof()
         return response
     except (ConnectionResetError, asyncio.CancelledError):
@@ -147,7 +157,7 @@ async def _send_initial(
 
 async def _follow(
     response: web.StreamResponse,
-    queue: asyncio.Queue[Event | None],
+    queue: asyncio.Queue[Event | str | None],
     req: WatchRequest,
     last: int,
     bookmark_interval: float,
@@ -170,17 +180,22 @@ async def _follow(
             continue
         if event is None:
             return
+        if event == RESET:
+            raise ConnectionReset()
+        assert isinstance(event, Event)
         if event.rv <= last:
             continue
         last = event.rv
         chunks = [line] if (line := translate(event, req)) is not None else []
         while not queue.empty():
             more = queue.get_nowait()
-            if more is None:
+            if more is None or more == RESET:
                 if chunks:
                     await response.write(b"".join(chunks))
+                if more == RESET:
+                    raise ConnectionReset()
                 return
-            if more.rv > last:
+            if isinstance(more, Event) and more.rv > last:
                 last = more.rv
                 if (line := translate(more, req)) is not None:
                     chunks.append(line)

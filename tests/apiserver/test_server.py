@@ -11,7 +11,8 @@ Scenarios:
   spec.nodeName, Leases (CoordinationV1Api), events.k8s.io Events (EventsV1Api);
 - watch: BOOKMARK events when asked, sendInitialEvents ends with the
   initial-events-end bookmark; cutting watches ends streams and Watch resumes
-  from its last resourceVersion without losing events;
+  from its last resourceVersion without losing events; cutting with reset breaks
+  the stream (the client raises ProtocolError);
 - fault injection: the next N writes fail with the chosen code (and only for
   the chosen resource), then writes work again; delay slows answers;
 - audit: records User-Agent, verb, resource, subresource and answer code;
@@ -39,6 +40,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import ProtocolError
 
 from tests.contract.conftest import wait_for
 from tests.fixtures.apiserver import ROOT, LabApi, start_lab_api
@@ -573,3 +575,25 @@ def test_metadata_checks(lab_api_module: LabApi) -> None:
     with pytest.raises(ApiException) as err:
         core.create_namespaced_config_map("default", {"metadata": {"name": "dry"}}, dry_run="All")
     assert err.value.status == 400
+
+
+def test_cut_watches_reset_breaks_stream(lab_api_module: LabApi) -> None:
+    lab = lab_api_module
+    core = k8s.CoreV1Api(lab.client())
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def follow() -> None:
+        try:
+            for _ in watch.Watch().stream(core.list_namespace, timeout_seconds=20):
+                started.set()
+        except ProtocolError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    assert started.wait(timeout=10)
+    wait_for(lambda: lab.stats()["watches"] >= 1, what="watch registered")
+    assert lab.cut_watches(reset=True) >= 1
+    thread.join(timeout=10)
+    assert len(errors) == 1

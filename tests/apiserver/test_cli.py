@@ -1,0 +1,118 @@
+"""``vmoverlay-lab apiserver`` as a process: arguments, start-up, stop, crash safety.
+
+Scenarios:
+- an address outside 127.0.0.0/8 and 198.18.0.0/15 is refused with exit code 2
+  and a message naming the allowed ranges;
+- with --port 0 it prints the URL with the chosen port and writes a working
+  kubeconfig; SIGTERM and SIGINT stop it with exit code 0;
+- a port already in use fails with exit code 1 and says so;
+- --data-dir: every write the server acknowledged before a SIGKILL is there after
+  a restart (writes race the kill).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from tests.fixtures.apiserver import ROOT, start_lab_api
+from vmoverlay.kube import load_client
+
+
+def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "e2e.cli", "apiserver", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "address", ["0.0.0.0", "10.0.0.1", "192.168.1.1", "198.20.0.1", "::1", "x"]
+)
+def test_refuses_addresses_outside_the_lab(address: str) -> None:
+    result = run_cli("--address", address)
+    assert result.returncode == 2
+    assert "127.0.0.0/8" in result.stderr and "198.18.0.0/15" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_port_zero_kubeconfig_and_clean_stop(tmp_path: Path, sig: signal.Signals) -> None:
+    kubeconfig = tmp_path / "kc"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "e2e.cli",
+            "apiserver",
+            "--port",
+            "0",
+            "--kubeconfig-out",
+            str(kubeconfig),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().split()
+        assert first[0] == "serving" and first[1].startswith("http://127.0.0.1:")
+        assert int(first[1].rsplit(":", 1)[1]) > 0
+        assert proc.stdout.readline().split() == ["kubeconfig", str(kubeconfig)]
+        names = [
+            n.metadata.name
+            for n in k8s.CoreV1Api(load_client(str(kubeconfig))).list_namespace().items
+        ]
+        assert "default" in names
+        proc.send_signal(sig)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_port_in_use() -> None:
+    with start_lab_api(mode="thread", data_dir=False, crds=False) as lab:
+        result = run_cli("--port", str(lab.port))
+    assert result.returncode == 1
+    assert "failed to start" in result.stderr
+
+
+def test_acknowledged_writes_survive_kill() -> None:
+    with start_lab_api(mode="process", crds=False) as lab:
+        core = k8s.CoreV1Api(lab.client())
+        acked: list[str] = []
+
+        def writer() -> None:
+            for i in range(2000):
+                try:
+                    core.create_namespaced_config_map("default", {"metadata": {"name": f"w-{i}"}})
+                except (ApiException, HTTPError, OSError):
+                    return
+                acked.append(f"w-{i}")
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        while len(acked) < 50:
+            thread.join(timeout=0.01)
+        lab.kill()
+        thread.join(timeout=30)
+        lab.start()
+        stored = {
+            c.metadata.name
+            for c in k8s.CoreV1Api(lab.client()).list_namespaced_config_map("default").items
+        }
+        assert acked and set(acked) <= stored
