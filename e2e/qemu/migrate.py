@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from e2e.qemu.errors import MigrationError, QemuError
+from e2e.qemu.errors import MigrationError, QemuError, QMPError
 from e2e.qemu.image import GuestImage
 from e2e.qemu.vm import QemuVM
 from vmoverlay.logs import get_logger
@@ -112,7 +112,10 @@ def migrate(
     )
     started = time.monotonic()
     log.info("migration started", vm=name, source=source.netns, target=target.netns, uri=uri)
-    source.qmp.migrate(uri)
+    try:
+        source.qmp.migrate(uri)
+    except QMPError as exc:
+        raise MigrationError(name, "setup", exc.desc) from exc
     info = _wait_final(source, timeout=timeout, poll_interval=poll_interval)
     wall = time.monotonic() - started
     result = parse_migration(name, info, wall_seconds=wall)

@@ -225,6 +225,8 @@ class QemuVM:
         """Start QEMU in ``netns`` (as a migration target if ``incoming`` is given)."""
         qemu = find_qemu()
         accel = accel or resolve_accel(image.kernel, qemu)
+        if len(str(workdir / "migrate.sock")) > 100:
+            raise QemuError(f"workdir {workdir} is too long for unix sockets; use a shorter path")
         workdir.mkdir(parents=True, exist_ok=True)
         for stale in (workdir / "qmp.sock", workdir / "serial.log"):
             stale.unlink(missing_ok=True)
