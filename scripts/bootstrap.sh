@@ -8,8 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: what the lab and the tests run (Postgres and pgbench in lab
-# VMs, iperf3 for the throughput bench, nftables for CNI anti-spoofing).
-APT_PACKAGES=(iproute2 postgresql postgresql-client iperf3 iputils-ping nftables python3-nftables)
+# VMs, iperf3 for the throughput bench, nftables for CNI anti-spoofing;
+# qemu-system-x86 and busybox-static for the real guests of tests/qemu and the
+# gate's --mode qemu: about 8 s to install, the guest kernel itself is fetched
+# on first use by e2e/qemu/image.py with apt-get download, never installed).
+APT_PACKAGES=(iproute2 postgresql postgresql-client iperf3 iputils-ping nftables python3-nftables
+  qemu-system-x86 busybox-static zstd)
 if [ -n "${VMOVERLAY_EXTRA_APT:-}" ]; then
   read -r -a extra <<<"$VMOVERLAY_EXTRA_APT"
   APT_PACKAGES+=("${extra[@]}")
