@@ -16,6 +16,9 @@
 #   install-cni refresh-token [--every SECONDS]
 #       copy a rotated token or CA to the host; with --every, keep doing so
 #       until stopped (SIGTERM ends it at once, with exit status 0).
+#   install-cni uninstall
+#       remove the shim (only if it is ours), every bundle and the plugin's
+#       kubeconfig, CA and token (manifests/uninstall/teardown.yaml runs it).
 #
 # Environment (defaults for the DaemonSet; tests point them elsewhere):
 #   VMOVERLAY_HOST_ROOT     where the host's directories are mounted (/host)
@@ -183,14 +186,31 @@ cmd_refresh_token() {
   done
 }
 
+cmd_uninstall() {
+  if [ -f "$HOST$SHIM" ]; then
+    if grep -q "^BUNDLE=$BUNDLES/" "$HOST$SHIM"; then
+      rm -f "$HOST$SHIM"
+      log "removed $SHIM"
+    else
+      log "left $SHIM alone: it is not vmoverlay's shim"
+    fi
+  fi
+  for dir in "$HOST$BUNDLES"/* "$HOST$CONF"/*; do
+    [ -e "$dir" ] || continue
+    rm -rf "$dir"
+    log "removed ${dir#"$HOST"}"
+  done
+}
+
 case "${1:-}" in
   install) cmd_install ;;
+  uninstall) cmd_uninstall ;;
   refresh-token)
     shift
     cmd_refresh_token "$@"
     ;;
   *)
-    echo "usage: $0 install | refresh-token [--every SECONDS]" >&2
+    echo "usage: $0 install | uninstall | refresh-token [--every SECONDS]" >&2
     exit 2
     ;;
 esac

@@ -11,6 +11,8 @@ Scenarios (install-cni.sh against a fake host root in a temp dir; no root needed
 - a bundle that does not start is refused and the old shim stays;
 - refresh-token copies a rotated token, leaves an unchanged one alone, and in
   --every mode stops at once with status 0 on SIGTERM;
+- uninstall removes the shim, every bundle and the credentials, but leaves a
+  shim at /opt/cni/bin/vmoverlay that is not ours;
 - a missing token, or no API server address, fails with a message saying what to do;
   an IPv6 API server address is bracketed;
 Scenario (root, slow): make-cni-bundle.sh builds a bundle of the real plugin,
@@ -187,6 +189,19 @@ def test_refresh_loop_stops_on_sigterm(node: Node) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_uninstall_removes_only_what_is_ours(node: Node) -> None:
+    bundle = node.bundle("aaaa1111")
+    assert node.run(bundle, "install").returncode == 0
+    proc = node.run(bundle, "uninstall")
+    assert proc.returncode == 0, proc.stderr
+    assert not node.shim.exists() and not node.bundles() and not list(node.conf.iterdir())
+
+    node.shim.write_text("#!/bin/sh\nexec /usr/local/bin/someone-elses-plugin\n")
+    proc = node.run(bundle, "uninstall")
+    assert proc.returncode == 0 and "not vmoverlay's shim" in proc.stderr
+    assert node.shim.exists()
 
 
 def test_missing_token_and_missing_api_server_say_what_to_do(node: Node) -> None:

@@ -22,6 +22,9 @@ Scenarios:
   its command parses with ipam-controller's CLI;
 - Services select the pods and name their metrics port; every container runs
   the project's image at the project's version;
+- the uninstall DaemonSet runs `vxlan-manager teardown` (as its CLI parses it)
+  and the installer's uninstall in init containers on every node, with
+  NET_ADMIN only, no API token, and the same host paths as the agent;
 - the Multus example's CNI config is accepted by the plugin's own config parser
   and points at the shim name and kubeconfig path the installer writes.
 """
@@ -61,8 +64,9 @@ CRD_KINDS = {
     ("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 }
-# Files kustomize does not install: examples, samples, the image build helpers.
-NOT_INSTALLED = ("examples", "samples", "image", "overlays")
+# Files kustomize does not install: examples, samples, the image build helpers,
+# the optional monitoring add-on and the uninstall step.
+NOT_INSTALLED = ("examples", "samples", "image", "overlays", "uninstall")
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +168,8 @@ def test_rendered_objects_validate_against_kubernetes_schemas(
 
 
 def test_examples_and_samples_validate_against_kubernetes_schemas() -> None:
-    docs = [
-        d for p in yaml_files(MANIFESTS / "examples", MANIFESTS / "samples") for d in load_docs(p)
-    ]
+    dirs = (MANIFESTS / "examples", MANIFESTS / "samples", MANIFESTS / "uninstall")
+    docs = [d for p in yaml_files(*dirs) for d in load_docs(p)]
     unknown = _validate(docs)
     assert set(unknown) <= CRD_KINDS
 
@@ -366,3 +369,25 @@ def test_multus_example_config_is_accepted_by_the_plugin() -> None:
     pod = next(d for d in docs if d["kind"] == "Pod")
     assert pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == nad["metadata"]["name"]
     assert "vmoverlay.io/vm" in pod["metadata"]["annotations"]
+
+
+# ---------------------------------------------------------------- uninstall
+
+
+def test_teardown_daemonset_cleans_every_node_without_api_access(base: list[Obj]) -> None:
+    from vxlan_manager.cli import build_parser
+
+    (ds,) = load_docs(MANIFESTS / "uninstall" / "teardown.yaml")
+    assert ds["metadata"]["namespace"] == NAMESPACE
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["hostNetwork"] is True and spec["tolerations"] == [{"operator": "Exists"}]
+    teardown, remove_cni = spec["initContainers"]
+    assert build_parser().parse_args(teardown["command"][1:]).command == "teardown"
+    assert teardown["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert remove_cni["command"] == ["/opt/vmoverlay/bin/install-cni", "uninstall"]
+    agent_ds = find(base, "DaemonSet", "vmoverlay-agent")
+    agent_host = {v["hostPath"]["path"] for v in agent_ds["spec"]["template"]["spec"]["volumes"]}
+    assert {v["hostPath"]["path"] for v in spec["volumes"]} == agent_host
+    for c in containers(spec):
+        assert c["image"] == f"vmoverlay:{_version()}", c["name"]
