@@ -85,6 +85,9 @@ Key = tuple[str, str]
 MAX_CLAIM_ATTEMPTS = 64
 STATUS_ATTEMPTS = 5
 POOL_STATUS_DELAY = 0.5
+# An allocation of a VM without status, made by another controller, is left to it
+# for this long (it is writing the status) before this controller adopts it.
+ADOPT_AFTER = 2.0
 
 # Test-only hooks (never set in production): a pause between choosing an
 # address and creating its allocation (C01), and between the sweeper's two
@@ -145,6 +148,8 @@ class IPAMController:
         self._default_pool: str | None = None
         self._waiting: dict[str, set[str]] = {}
         self._pool_status_due: set[str] = set()
+        self._mine: set[str] = set()  # allocation object uids this process created
+        self._seen_at: dict[str, float] = {}  # allocation object uid -> first seen (monotonic)
         self._threads: list[threading.Thread] = []
         self.vms = self._informer(api.VM_PLURAL, self._on_vm)
         self.pools = self._informer(api.POOL_PLURAL, self._on_pool)
@@ -254,6 +259,8 @@ class IPAMController:
             return
         if kind != DELETED:
             self.index.put(held)
+            with self._lock:
+                self._seen_at.setdefault(held.object_uid, time.monotonic())
         else:
             self._forget_allocation(held)
         self._pool_status_soon(held.alloc.pool)
@@ -265,6 +272,8 @@ class IPAMController:
         self.index.drop(held.name)
         self.cooldown.freed(held.alloc.pool, held.ip_int)
         with self._lock:
+            self._mine.discard(held.object_uid)
+            self._seen_at.pop(held.object_uid, None)
             waiting = self._waiting.pop(held.alloc.pool, set())
         for key in waiting:
             self.queue.add_after(("vm", key), self.config.cooldown + 0.05)
@@ -438,15 +447,30 @@ class IPAMController:
             self._report(obj, reason, message)
             return None
         own = [h for h in self.index.held_by(vm.uid) if h.alloc.pool == layout.name]
-        if own:
-            claim: tuple[str, str] | None = (own[0].alloc.ip, own[0].object_uid)
-            self.log.info("adopting allocation already made for VM", vm=vm.key, ip=own[0].alloc.ip)
-        else:
-            claim = self._claim(vm, layout)
-        if claim is None:
+        held = own[0] if own else self._claim(vm, layout)
+        if held is None:
             return self._exhausted(vm, obj, layout)
-        self._commit(vm, obj, layout, claim[0], claim[1], started)
+        wait = self._other_is_committing(held)
+        if wait is not None:
+            return wait
+        if own:
+            self.log.info("adopting allocation already made for VM", vm=vm.key, ip=held.alloc.ip)
+        self._commit(vm, obj, layout, held.alloc.ip, held.object_uid, started)
         return None
+
+    def _other_is_committing(self, held: Held) -> float | None:
+        """Seconds to wait when another controller made ``held`` a moment ago, else None.
+
+        That controller is about to write the VM's status; writing it too would only
+        cost both a conflict. If it died instead, this controller adopts the
+        allocation once it is ADOPT_AFTER seconds old (by this controller's clock).
+        """
+        with self._lock:
+            if held.object_uid in self._mine:
+                return None
+            first_seen = self._seen_at.setdefault(held.object_uid, time.monotonic())
+        age = time.monotonic() - first_seen
+        return ADOPT_AFTER - age + 0.05 if age < ADOPT_AFTER else None
 
     def _resolve_pool(self, vm: api.VirtualMachine) -> tuple[PoolLayout | None, str, str]:
         with self._lock:
@@ -460,8 +484,8 @@ class IPAMController:
             return None, "PoolUnusable", f"pool {name} is unusable: {check.reason}"
         return check.layout, "", ""
 
-    def _claim(self, vm: api.VirtualMachine, layout: PoolLayout) -> tuple[str, str] | None:
-        """Create an allocation for ``vm``: (ip, allocation object uid), or None if full."""
+    def _claim(self, vm: api.VirtualMachine, layout: PoolLayout) -> Held | None:
+        """Create an allocation for ``vm`` (or find the VM's own), or None if the pool is full."""
         blocked = self.index.taken(layout.name) | self.cooldown.cooling(layout.name)
         for attempt, ip in enumerate(allocator.candidates(layout, blocked, vm.uid)):
             if attempt >= MAX_CLAIM_ATTEMPTS:
@@ -474,10 +498,12 @@ class IPAMController:
                 self.metrics.conflicts.inc()
                 existing = self._fetch_allocation(api.allocation_name(layout.name, ip))
                 if existing is not None and existing.alloc.vm.uid == vm.uid:
-                    return ip, existing.object_uid
+                    return existing
                 continue
+            with self._lock:
+                self._mine.add(held.object_uid)
             self.index.put(held)
-            return ip, held.object_uid
+            return held
         return None
 
     def _fetch_allocation(self, name: str) -> Held | None:
