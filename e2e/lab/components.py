@@ -14,10 +14,10 @@ tests the code of its own checkout.
 
 from __future__ import annotations
 
-import select
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,16 +99,21 @@ def apiserver(ns: str, address: str, log_dir: Path, kubeconfig: Path) -> Compone
 def wait_apiserver(component: Component, kubeconfig: Path, timeout: float = 30.0) -> None:
     """Wait for the server's ``kubeconfig PATH`` line (it writes the file before saying so)."""
     assert component.proc is not None and component.proc.stdout is not None
-    deadline = time.monotonic() + timeout
+    lines: list[str] = []
     out = component.proc.stdout
+    # A reader thread: select() on a buffered pipe misses lines already in the buffer.
+    reader = threading.Thread(
+        target=lambda: lines.extend(line.decode(errors="replace") for line in out),
+        daemon=True,
+    )
+    reader.start()
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if any(line.startswith("kubeconfig ") for line in list(lines)) and kubeconfig.exists():
+            return
         if component.proc.poll() is not None:
             raise ComponentError(f"the lab API server exited: {component.log_tail()}")
-        ready, _, _ = select.select([out], [], [], 0.2)
-        if ready:
-            line = out.readline().decode(errors="replace")
-            if line.startswith("kubeconfig ") and kubeconfig.exists():
-                return
+        time.sleep(0.05)
     raise ComponentError(f"the lab API server did not start within {timeout:.0f}s")
 
 

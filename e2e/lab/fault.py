@@ -27,17 +27,14 @@ import os
 import signal
 import socket
 import sys
-import threading
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pyr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from e2e.lab.check import LabInfo, LabNotFound, add_lab_arguments, find_lab
+from e2e.lab.check import LabInfo, LabNotFound, add_lab_arguments, find_lab, in_netns
 from e2e.netns import STATE_DIR
 from vmoverlay.logs import add_logging_args, get_logger, setup_logging
 from vxlan_manager.config import DEFAULT_BRIDGE, DEFAULT_DEVICE
@@ -48,7 +45,6 @@ KINDS = ("drop-vxlan", "mtu", "fdb", "vni", "stop-agent")
 UNDERLAY_IF = "eth0"
 NFT_TABLE = "vmo_fault"
 log = get_logger("lab")
-T = TypeVar("T")
 
 
 class FaultError(RuntimeError):
@@ -172,26 +168,6 @@ def _node_ns(lab: LabInfo, node: str) -> str:
     if node not in lab.nodes:
         raise FaultError(f"no node {node} in lab {lab.run_id}: nodes {', '.join(lab.nodes)}")
     return lab.nodes[node]
-
-
-def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a thread that entered ``ns`` (setns changes only the calling thread)."""
-    out: list[T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            pyr_netns.setns(ns, flags=0)
-            out.append(fn())
-        except (FaultError, OSError, NetlinkError, ImportError) as exc:
-            errors.append(exc)  # handed back to the calling thread, which raises it
-
-    thread = threading.Thread(target=target, name=f"in-{ns}")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return out[0]
 
 
 def _drop_rules(port: int) -> list[str]:

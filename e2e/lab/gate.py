@@ -33,6 +33,7 @@ import math
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +54,10 @@ from e2e.netns import NetnsError, RunNamespaces
 from vmoverlay.kube import KubeError
 from vmoverlay.logs import add_logging_args, setup_logging
 
+FAULTS = ("agent-kill", "ipam-restart")
+AGENT_DOWN_S = 1.0
 LEAD_S = 2.0
-TAIL_S = 2.0
+TAIL_S = 3.0
 LAB_ERRORS = (LabError, ClusterError, CNIError, ComponentError, VMError, NetnsError, KubeError)
 
 
@@ -81,6 +84,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--junit", type=Path, help="write JUnit XML here")
     p.add_argument("--log-dir", type=Path, help="keep the components' logs here")
     p.add_argument("--keep", action="store_true", help="keep the lab up after the run")
+    p.add_argument(
+        "--fault",
+        action="append",
+        choices=FAULTS,
+        default=[],
+        help="inject a fault during the first migration (repeatable): agent-kill kills the "
+        "target node's agent before switch-over and restarts it 1 s after; ipam-restart "
+        "restarts the IPAM controller",
+    )
     add_logging_args(p)
     args = p.parse_args(argv)
     if args.nodes < 2 or args.vms < 1 or args.migrations < 0 or args.clients < args.vms:
@@ -177,7 +189,7 @@ class Gate:
         for name in vms:
             self.display(f"pgbench -i on {name} ({lab.vms[name].ip}) from the client pod")
             lab.run.check(lab.client_ns, init_argv(lab.vms[name].ip, bound_ms=args.no_progress_ms))
-        spacing = max(args.spacing, 2 * max(lab.cni_add_seconds, default=0.5) + 1.0)
+        spacing = max(args.spacing, 1.5 * max(lab.cni_add_seconds, default=0.5) + 0.5)
         seconds = math.ceil(LEAD_S + max(0, len(plan) - 1) * spacing + TAIL_S + 1)
         probes = [self._start_probe(lab, lab.vms[name].ip, bound_s) for name in vms]
         clients = split_clients(args.clients, len(vms))
@@ -195,6 +207,7 @@ class Gate:
             )
             for ip, n, r in zip([lab.vms[v].ip for v in vms], clients, rates, strict=True)
         ]
+        networks = lab.vm_networks()
         began = time.monotonic()
         try:
             self._migrate(lab, plan, began, spacing, seconds, benches)
@@ -208,6 +221,12 @@ class Gate:
                 path = self.args.log_dir / f"probe-{name}.json"
                 path.write_text(json.dumps(probe.__dict__))
         lab.wait_cleanups(self.reasons)
+        if self.args.binding == "overlay":
+            for name, after in lab.vm_networks().items():
+                if after != networks[name]:
+                    self.reasons.append(
+                        f"{name}'s network record changed: {networks[name]} -> {after}"
+                    )
         end = time.monotonic()
         aborts = [t for r in results for t, line in r.events if "aborted" in line]
         failed_progress = [(t, n) for r in results for t, _, n in r.progress]
@@ -254,7 +273,10 @@ class Gate:
                     f"migration {k + 1} could not start before pgbench's end: machine too slow"
                 )
                 return
+            killed = self._inject_faults(lab, k, target)
             times = lab.switch_over(prep)
+            if killed:
+                threading.Timer(AGENT_DOWN_S, lab.start_agent, args=(target,)).start()
             self.events.append(
                 MigrationEvent(
                     index=k + 1,
@@ -274,6 +296,19 @@ class Gate:
                 f"migration {k + 1}/{len(plan)}: {vm} {source} -> {target}, "
                 f"pause {times.pause_s * 1000:.0f} ms ({times.frozen_pids} processes frozen)"
             )
+
+    def _inject_faults(self, lab: Lab, k: int, target: str) -> bool:
+        """Faults of the first migration; True when the target's agent was killed."""
+        if k != 0:
+            return False
+        if "ipam-restart" in self.args.fault:
+            self.display("fault: restarting the IPAM controller")
+            lab.restart_ipam()
+        if "agent-kill" in self.args.fault:
+            self.display(f"fault: killing the agent on {target} (back in {AGENT_DOWN_S:g}s)")
+            lab.kill_agent(target)
+            return True
+        return False
 
     def _start_probe(self, lab: Lab, ip: str, bound_s: float) -> subprocess.Popen[str]:
         argv = [sys.executable, "-m", "e2e.lab.probe", "--host", ip, "--bound", str(bound_s)]

@@ -244,6 +244,20 @@ class Lab:
         agent.start(self.run)
         self.agents[node] = agent
 
+    def kill_agent(self, node: str) -> None:
+        """SIGKILL the agent on ``node`` (a fault): its data plane stays as it was."""
+        self.agents[node].kill()
+
+    def restart_ipam(self) -> None:
+        """Stop the IPAM controller (SIGTERM) and start a new one, as a rolling update would."""
+        if self.ipam is not None:
+            self.ipam.stop()
+            self.ipam.start(self.run)
+
+    def vm_networks(self) -> dict[str, VMNetwork | None]:
+        """Each VM's ``status.network`` as the API has it now."""
+        return {name: self.cluster.get_vm(name).network for name in self.vms}
+
     def wait_agent(self, node: str, timeout: float = 60.0) -> None:
         """Wait until the agent on ``node`` built its VXLAN device and bridge."""
         ns, agent = self.node_ns[node], self.agents[node]

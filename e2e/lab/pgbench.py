@@ -23,9 +23,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-PROGRESS_RE = re.compile(
-    r"^progress: (?P<ts>[\d.]+) s, (?P<tps>[\d.]+) tps, .*?(?:(?P<failed>\d+) failed)?"
-)
+PROGRESS_RE = re.compile(r"^progress: (?P<ts>[\d.]+) s, (?P<tps>[\d.]+) tps")
+FAILED_RE = re.compile(r", (?P<failed>\d+) failed")
 ABORT_RE = re.compile(r"client (?P<client>\d+) aborted")
 CONNECT_FAIL_RE = re.compile(r"connection to (?:server|database).*failed")
 
@@ -81,7 +80,8 @@ def parse_line(result: PgbenchResult, stamp: float, line: str) -> None:
         return
     match = PROGRESS_RE.match(line)
     if match:
-        failed = int(match.group("failed") or 0)
+        failed_match = FAILED_RE.search(line)
+        failed = int(failed_match.group("failed")) if failed_match else 0
         result.progress.append((stamp, float(match.group("tps")), failed))
         return
     if line.startswith("number of transactions actually processed:"):

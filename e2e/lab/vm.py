@@ -99,6 +99,7 @@ def build_guest(run: RunNamespaces, ns: str, qns: str, network: VMNetwork) -> No
         + ["mtu", mtu, "address", network.mac, "netns", ns],
     )
     run.check(qns, ["ip", "link", "set", "vport", "master", "br0", "up"])
+    wire_port(run, qns, "vport")
     run.check(qns, ["ip", "link", "set", "br0", "up"])
     run.check(ns, ["ip", "addr", "add", f"{network.ip}/{network.prefix}", "dev", "eth0"])
     run.check(ns, ["ip", "link", "set", "eth0", "up"])
@@ -109,6 +110,7 @@ def build_runner_bridge(run: RunNamespaces, runner_ns: str, mtu: int) -> None:
     disable_ipv6(run, runner_ns)
     run.check(runner_ns, ["ip", "link", "add", RUNNER_BRIDGE, "mtu", str(mtu), "type", "bridge"])
     run.check(runner_ns, ["ip", "link", "set", "net1", "master", RUNNER_BRIDGE, "up"])
+    wire_port(run, runner_ns, "net1")
     run.check(runner_ns, ["ip", "link", "set", RUNNER_BRIDGE, "up"])
 
 
@@ -120,7 +122,20 @@ def make_uplink(run: RunNamespaces, qns: str, runner_ns: str, uplink: str, mtu: 
         + [RUNNER_PORT, "mtu", str(mtu), "netns", runner_ns],
     )
     run.check(qns, ["ip", "link", "set", uplink, "master", "br0"])
+    wire_port(run, qns, uplink)
     run.check(runner_ns, ["ip", "link", "set", RUNNER_PORT, "master", RUNNER_BRIDGE, "up"])
+    wire_port(run, runner_ns, RUNNER_PORT)
+
+
+def wire_port(run: RunNamespaces, ns: str, port: str) -> None:
+    """No MAC learning on a port of the VM's own bridges: they stand in for a tap, a wire.
+
+    A learning bridge here would learn the VM's MAC on the uplink from the
+    node agent's gratuitous ARP (sent as the VM, flooded to the VM's port too)
+    and then drop the client's frames to the VM as "same port": a loss that
+    no real tap backend has.
+    """
+    run.check(ns, ["ip", "link", "set", "dev", port, "type", "bridge_slave", "learning", "off"])
 
 
 def link_batch(qns: str, commands: list[str]) -> None:

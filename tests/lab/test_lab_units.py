@@ -1,0 +1,246 @@
+"""Pure parts of the lab and its gate, no namespaces needed.
+
+Scenarios:
+- the migration plan goes round-robin, moves each VM twice in a row, and returns
+  a VM to its first node; clients are spread evenly over VMs;
+- pgbench output: progress lines (with and without failures, with rate lag),
+  the summary, aborted clients and connection failures; a stall counts every
+  client as broken;
+- the datagram blackout: none lost, one run of losses, losses at the window's
+  end; the client stall from query completions; windows between migrations;
+- the summary passes only without broken connections, failed transactions and
+  with stalls within the bound; percentiles; the table and JUnit XML;
+- QEMU's RARP announcement frame and its round schedule;
+- the minimal Postgres protocol decoding (data rows, errors).
+"""
+
+from __future__ import annotations
+
+import struct
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from e2e.lab import announce, pgwire, report
+from e2e.lab.pgbench import PgbenchResult, parse_line, run_argv
+from e2e.lab.plan import plan_migrations, split_clients
+from e2e.lab.report import MigrationEvent, ProbeData, Totals
+
+
+def test_plan_round_robin_back_to_back_and_return() -> None:
+    plan = plan_migrations(["vm1", "vm2"], {"vm1": "n1", "vm2": "n2"}, ["n1", "n2", "n3"], 6)
+    assert plan[:2] == [("vm1", "n1", "n2"), ("vm1", "n2", "n3")]
+    assert plan[2:4] == [("vm2", "n2", "n3"), ("vm2", "n3", "n1")]
+    assert ("vm1", "n3", "n1") in plan  # back on its first node
+    where = {"vm1": "n1", "vm2": "n2"}
+    for vm, source, target in plan:
+        assert source == where[vm] and target != source
+        where[vm] = target
+    with pytest.raises(ValueError):
+        plan_migrations(["vm1"], {"vm1": "n1"}, ["n1"], 1)
+
+
+def test_plan_chains_each_vm_from_where_it_is() -> None:
+    plan = plan_migrations(["vm1"], {"vm1": "n2"}, ["n1", "n2", "n3"], 4)
+    assert plan == [
+        ("vm1", "n2", "n3"),
+        ("vm1", "n3", "n1"),
+        ("vm1", "n1", "n2"),
+        ("vm1", "n2", "n3"),
+    ]
+
+
+def test_split_clients() -> None:
+    assert split_clients(16, 2) == [8, 8]
+    assert split_clients(5, 3) == [2, 2, 1]
+    assert sum(split_clients(32, 3)) == 32
+
+
+def test_pgbench_progress_and_summary() -> None:
+    result = PgbenchResult(clients=4)
+    parse_line(
+        result,
+        1.0,
+        "progress: 1733300000.123 s, 199.0 tps, lat 2.1 ms stddev 1.0, 0 failed, lag 0.3 ms stddev 0.2",
+    )
+    parse_line(
+        result, 2.0, "progress: 1733300001.123 s, 150.5 tps, lat 2.1 ms stddev 1.0, 3 failed"
+    )
+    parse_line(result, 3.0, "number of transactions actually processed: 1234")
+    parse_line(result, 3.0, "number of failed transactions: 3 (0.243%)")
+    assert result.progress == [(1.0, 199.0, 0), (2.0, 150.5, 3)]
+    assert result.transactions == 1234
+    assert result.failed_transactions == 3
+    assert result.summary_seen
+    assert result.broken_connections == 0
+
+
+def test_pgbench_aborted_clients_and_connection_failures() -> None:
+    result = PgbenchResult(clients=4)
+    parse_line(
+        result,
+        5.0,
+        "pgbench: error: client 2 aborted in command 4 (SQL) of script 0; perhaps the backend died while processing",
+    )
+    parse_line(result, 5.1, "pgbench: error: client 2 aborted in command 5 (SQL) of script 0")
+    parse_line(
+        result,
+        5.2,
+        'pgbench: error: connection to server at "198.19.0.5", port 5432 failed: timeout expired',
+    )
+    assert result.aborted_clients == {2}
+    assert result.connect_failures == 1
+    assert result.broken_connections == 2
+    assert [t for t, _ in result.events] == [5.0, 5.1, 5.2]
+    result.stalled = True
+    assert result.broken_connections == 4
+
+
+def test_pgbench_command_line_bounds_dead_paths() -> None:
+    argv = run_argv("198.19.0.5", clients=4, seconds=20, rate=100, bound_ms=10000)
+    assert argv[:3] == ["pgbench", "-n", "-c"]
+    assert "--max-tries=1" in argv and "--failures-detailed" in argv
+    assert "-R" in argv
+    conninfo = argv[-1]
+    assert "tcp_user_timeout=10000" in conninfo and "host=198.19.0.5" in conninfo
+
+
+def _probe(sent: list[float], answered: set[int], queries: list[float]) -> ProbeData:
+    return ProbeData(
+        interval=0.01,
+        udp_sent=sent,
+        udp_recv=[(i, t + 0.001) for i, t in enumerate(sent) if i in answered],
+        queries=[(t - 0.001, t) for t in queries],
+        breaks=[],
+    )
+
+
+def test_blackout_none_lost() -> None:
+    sent = [i * 0.01 for i in range(100)]
+    probe = _probe(sent, set(range(100)), [])
+    assert report.blackout(probe, 0.0, 1.0) == (0.0, 0)
+
+
+def test_blackout_one_run_of_losses() -> None:
+    sent = [i * 0.01 for i in range(100)]
+    answered = set(range(100)) - set(range(30, 41))  # 11 probes lost: 0.30 .. 0.40
+    black, lost = report.blackout(_probe(sent, answered, []), 0.0, 1.0)
+    assert lost == 11
+    assert black == pytest.approx(0.11)  # first lost 0.30 -> first answered again 0.41
+
+
+def test_blackout_runs_to_window_end() -> None:
+    sent = [i * 0.01 for i in range(100)]
+    answered = set(range(90))
+    black, lost = report.blackout(_probe(sent, answered, []), 0.0, 1.0)
+    assert lost == 10
+    assert black == pytest.approx(0.1)
+
+
+def test_stall_from_query_completions() -> None:
+    done = [i * 0.01 for i in range(50)] + [0.75 + i * 0.01 for i in range(20)]
+    probe = _probe([], set(), done)
+    assert report.stall(probe, 0.0, 1.0) == pytest.approx(0.75 - 0.49 - 0.01)
+    assert report.stall(_probe([], set(), []), 0.0, 1.0) == pytest.approx(1.0)
+
+
+def _event(index: int, freeze: float, pause: float = 0.1) -> MigrationEvent:
+    return MigrationEvent(
+        index=index,
+        vm="vm1",
+        source="n1",
+        target="n2",
+        pause_ms=100,
+        freeze=freeze,
+        resume=freeze + pause,
+        prepare_ms=500.0,
+        status_ms=20.0,
+    )
+
+
+def test_analyse_attributes_to_windows() -> None:
+    sent = [i * 0.01 for i in range(400)]
+    answered = set(range(400)) - set(range(100, 112)) - set(range(300, 310))
+    done = [t for i, t in enumerate(sent) if i in answered]
+    probe = _probe(sent, answered, done)
+    probe.breaks.append((3.05, "the server closed the connection"))
+    events = [_event(1, 1.0), _event(2, 3.0)]
+    results = report.analyse(events, [probe], [1.5], [(1.2, 2), (3.5, 0)], end=4.0)
+    first, second = results
+    assert first.probe_loss == 12 and second.probe_loss == 10
+    assert first.blackout_ms == pytest.approx(120.0)
+    assert first.extra_blackout_ms == pytest.approx(20.0)
+    assert second.extra_blackout_ms == 0.0
+    assert first.broken_connections == 1 and second.broken_connections == 1
+    assert first.failed_transactions == 2 and second.failed_transactions == 0
+    assert second.errors == ["the server closed the connection"]
+
+
+def _summary(broken: int = 0, failed: int = 0, max_stall: float | None = None) -> dict:
+    events = [_event(1, 1.0)]
+    sent = [i * 0.01 for i in range(300)]
+    answered = set(range(300)) - set(range(100, 110))
+    probe = _probe(sent, answered, [t for i, t in enumerate(sent) if i in answered])
+    results = report.analyse(events, [probe], [], [], end=3.0)
+    totals = Totals(
+        clients=4,
+        transactions=1000,
+        failed_transactions=failed,
+        broken_connections=broken,
+        planned_migrations=1,
+    )
+    return report.summary(results, totals, max_stall_ms=max_stall, settings={"nodes": 3})
+
+
+def test_summary_verdicts() -> None:
+    good = _summary()
+    assert good["passed"] and good["reasons"] == []
+    for key in (
+        "migrations",
+        "clients",
+        "transactions",
+        "failed_transactions",
+        "broken_connections",
+        "max_stall_ms",
+        "max_blackout_ms",
+        "max_extra_blackout_ms",
+        "per_migration",
+    ):
+        assert key in good
+    assert not _summary(broken=1)["passed"]
+    assert not _summary(failed=2)["passed"]
+    stalled = _summary(max_stall=10)
+    assert not stalled["passed"] and "stall" in stalled["reasons"][0]
+
+
+def test_table_and_junit() -> None:
+    doc = _summary(broken=1)
+    text = report.table(doc)
+    header = text.splitlines()[0]
+    assert header.split() == ["#", "VM", "from", "to", "pause", "blackout", "extra", "stall"] + [
+        "loss",
+        "broken",
+        "failed",
+    ]
+    assert len(header) < 100
+    assert "verdict: FAIL" in text
+    root = ET.fromstring(report.junit(doc, duration_s=12.0))
+    assert root.tag == "testsuite" and root.get("tests") == "2" and root.get("failures") == "1"
+    assert report.percentile([5, 1, 3, 2, 4], 50) == 3
+    assert report.percentile([], 99) == 0.0
+
+
+def test_rarp_frame_and_schedule() -> None:
+    frame = announce.rarp_frame("0a:11:22:33:44:55")
+    assert len(frame) == 60
+    assert frame[:6] == b"\xff" * 6 and frame[6:12] == bytes.fromhex("0a1122334455")
+    assert struct.unpack("!H", frame[12:14])[0] == 0x8035
+    assert struct.unpack("!H", frame[20:22])[0] == 3  # reverse request
+    assert announce.announce_delays() == [0.0, 0.05, 0.2, 0.45, 0.8]
+
+
+def test_pgwire_decoding() -> None:
+    row = struct.pack("!H", 2) + struct.pack("!i", 1) + b"1" + struct.pack("!i", -1)
+    assert pgwire._data_row(row) == ["1", None]
+    err = b"SERROR\0C57P01\0Mterminating connection\0\0"
+    assert pgwire._error_text(err) == "57P01 terminating connection"
