@@ -30,8 +30,8 @@ RUN apt-get update \
 # change does not re-download them.
 COPY manifests/image/constraints.txt /tmp/constraints.txt
 RUN python -m venv /opt/vmoverlay/venv \
- && /opt/vmoverlay/venv/bin/pip install -c /tmp/constraints.txt \
-      "pyroute2" "kubernetes" "scapy" "netaddr" "prometheus-client" "aiohttp" "PyYAML"
+ && /opt/vmoverlay/venv/bin/pip install -c /tmp/constraints.txt setuptools wheel \
+      pyroute2 kubernetes scapy netaddr prometheus-client aiohttp PyYAML
 
 COPY pyproject.toml README.md /src/
 COPY vmoverlay /src/vmoverlay
@@ -39,7 +39,8 @@ COPY vxlan_manager /src/vxlan_manager
 COPY ipam /src/ipam
 COPY cni /src/cni
 COPY e2e /src/e2e
-RUN /opt/vmoverlay/venv/bin/pip install -c /tmp/constraints.txt --no-deps /src \
+# The build backend is the pinned one installed above (no build isolation).
+RUN /opt/vmoverlay/venv/bin/pip install --no-build-isolation --no-deps /src \
  && cp -r /usr/lib/python3/dist-packages/nftables \
       "$(/opt/vmoverlay/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/" \
  && /opt/vmoverlay/venv/bin/python -m compileall -q /opt/vmoverlay/venv

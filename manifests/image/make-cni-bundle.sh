@@ -59,8 +59,9 @@ copy_tree() {
     --exclude=./idlelib --exclude=./tkinter --exclude=./turtledemo \
     --exclude=./ensurepip --exclude=./lib2to3 --exclude=./config-* \
     --exclude=__pycache__ --exclude='*.pyc' \
-    --exclude=./pip --exclude='./pip-*' --exclude=./setuptools \
-    --exclude='./setuptools-*' --exclude=./_distutils_hack --exclude=./distutils-precedence.pth \
+    --exclude=./pip --exclude='./pip-*' --exclude=./setuptools --exclude='./setuptools-*' \
+    --exclude=./pkg_resources --exclude=./wheel --exclude='./wheel-*' \
+    --exclude=./_distutils_hack --exclude=./distutils-precedence.pth \
     --exclude='./__editable__*' --exclude='./*.egg-link' \
     --exclude='_tkinter*' --exclude='_curses*' -h .) | (cd "$2" && tar -xf -)
 }
