@@ -16,6 +16,8 @@ What goes in:
   ``zstd``; both are built into Debian's kernel);
 - ``busybox-static`` (installed with apt-get when missing) as every tool of the
   guest, and :file:`init.sh` beside this module as its ``/init``;
+- ``/usr/bin/perl`` from ``perl-base`` (essential on Debian) for the guest's UDP
+  echo responder on port 7, which the lab's datagram probe needs;
 - the host's Postgres server (``bin/postgres``, ``lib/`` without the LLVM JIT,
   ``share/``) with the shared libraries ``ldd`` lists, and a data directory made
   by ``initdb`` (C locale; trust for 198.18.0.0/15 and the overlay pool only).
@@ -61,6 +63,8 @@ log = get_logger("lab").bind(part="qemu-image")
 IMAGE_FORMAT = 1
 KERNEL_META = "linux-image-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
+PERL_PACKAGE = "perl-base"
+PERL = "/usr/bin/perl"
 PG_MAJOR = 15
 GUEST_PG_UID = 70
 GUEST_PG_DATA = "/var/lib/postgresql/data"
@@ -89,6 +93,7 @@ class ImageInputs:
     kernel_package: str
     kernel_version: str
     busybox_version: str
+    perl_version: str
     postgres_version: str
     pg_major: int
     init_script: str
@@ -161,10 +166,15 @@ def resolve_inputs(pg_major: int = PG_MAJOR) -> ImageInputs:
             )
     with _step("busybox"):
         busybox_version = _ensure_busybox()
+    with _step("perl"):
+        perl_version = _installed_version(PERL_PACKAGE)
+        if perl_version is None or not Path(PERL).exists():
+            raise ValueError(f"{PERL} missing: Debian's {PERL_PACKAGE} is essential; reinstall it")
     return ImageInputs(
         kernel_package=kernel_package,
         kernel_version=kernel_version,
         busybox_version=busybox_version,
+        perl_version=perl_version,
         postgres_version=postgres_version,
         pg_major=pg_major,
         init_script=INIT_SCRIPT.read_text(),
@@ -333,7 +343,8 @@ def _add_postgres(archive: Archive, pg_major: int) -> None:
         archive.add_host_file(server, str(server))
         archive.add_tree(lib_dir / "lib", str(lib_dir / "lib"), skip=_skip_pg_lib)
         archive.add_tree(share_dir, str(share_dir))
-        elves = [server, *sorted((lib_dir / "lib").glob("*.so"))]
+        archive.add_host_file(Path(PERL), PERL)
+        elves = [server, Path(PERL), *sorted((lib_dir / "lib").glob("*.so"))]
         elves = [p for p in elves if not _skip_pg_lib(p)]
         libraries = parse_ldd(_run(["ldd", *map(str, elves)], check=False))
         for library in sorted(libraries):

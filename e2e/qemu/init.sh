@@ -69,6 +69,12 @@ if [ -n "$GW" ]; then
 fi
 say "network $DEV mac $MAC ip $IP mtu $MTU"
 
+# A datagram echo on port 7, as the lab's namespace VMs have (e2e/lab/echo.py),
+# for the gate's 10 ms probe: Debian's essential perl, core socket calls only.
+/usr/bin/perl -e 'socket(S, 2, 2, 17) or die "echo socket: $!";
+  bind(S, pack("Snx12", 2, 7)) or die "echo bind: $!";
+  while (defined(my $peer = recv(S, my $data, 2048, 0))) { send(S, $data, 0, $peer) }' &
+
 mkdir -p /run/postgresql
 chown postgres:postgres /run/postgresql
 su postgres -s /bin/sh -c "exec $PGBIN/postgres -D $PGDATA -c listen_addresses=$ADDR -c port=$PORT" &

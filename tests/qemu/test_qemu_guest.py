@@ -8,7 +8,8 @@ Scenarios:
 - the image cache is reused by a second build: same key, same files, untouched;
 - one guest boots in a runner namespace: a too short wait fails with the serial
   lines, then Postgres answers psql from a client namespace over a veth/bridge,
-  and the client's ARP entry for the VM's IP is the VM's MAC;
+  the client's ARP entry for the VM's IP is the VM's MAC, and the guest's UDP
+  echo (port 7, for the gate's probe) answers;
 - a guest whose Postgres cannot start (port 0) fails to boot with its init's
   VMOVERLAY-FAILED line and Postgres' own error among the last serial lines;
 - live migration between two QEMU processes in two runner namespaces on one
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +115,16 @@ def _neighbour_mac(run: RunNamespaces, client: str) -> str:
     return fields[fields.index("lladdr") + 1] if "lladdr" in fields else ""
 
 
+def _udp_echo(run: RunNamespaces, client: str, payload: bytes) -> bytes:
+    """One datagram to the guest's echo responder (port 7) from the client namespace."""
+    code = (
+        "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.settimeout(5); s.sendto(sys.argv[1].encode(), ({VM_IP!r}, 7)); "
+        "print(s.recv(2048).decode())"
+    )
+    return run.check(client, [sys.executable, "-c", code, payload.decode()]).strip().encode()
+
+
 def test_image_cache_reused(guest_image: GuestImage) -> None:
     before = guest_image.initrd.stat().st_mtime_ns
     again = ensure_image()
@@ -142,6 +154,7 @@ def test_boot_and_query_from_another_namespace(
         assert _psql(netns, client, "select inet_server_addr()") == VM_IP
         assert _neighbour_mac(netns, client) == VM_MAC
         assert _psql(netns, client, "show lc_collate") == "C"
+        assert _udp_echo(netns, client, b"vmoverlay-probe") == b"vmoverlay-probe"
     assert not vm.alive()
 
 

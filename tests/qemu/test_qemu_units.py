@@ -256,7 +256,14 @@ def test_pg_hba_trusts_lab_ranges_only() -> None:
 
 def test_cache_key_follows_inputs() -> None:
     base = ImageInputs(
-        "linux-image-6.1.0-57-amd64", "6.1.192-3", "1:1.35", "15.18", 15, "init", "c"
+        kernel_package="linux-image-6.1.0-57-amd64",
+        kernel_version="6.1.192-3",
+        busybox_version="1:1.35",
+        perl_version="5.36",
+        postgres_version="15.18",
+        pg_major=15,
+        init_script="init",
+        postgres_conf="c",
     )
     assert base.key() == ImageInputs(**base.__dict__).key()
     for field, value in (
