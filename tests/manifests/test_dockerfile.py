@@ -10,8 +10,8 @@ Scenarios:
   installs;
 - every COPY source exists and is not excluded by .dockerignore;
 - Debian packages are installed at pinned versions, and every runtime Python
-  dependency in pyproject.toml is pinned exactly in the constraints file, within
-  its declared range;
+  dependency and build requirement in pyproject.toml is pinned exactly in the
+  constraints file, within its declared range;
 - ``docker build`` itself runs only when an engine answers and
   VMOVERLAY_DOCKER_BUILD=1 is set; otherwise it skips and says so.
 """
@@ -202,7 +202,8 @@ def test_python_dependencies_are_pinned_within_their_ranges() -> None:
             (spec,) = req.specifier
             assert spec.operator == "==", f"{line} is not an exact pin"
             pins[_norm(req.name)] = spec.version
-    for dep in _pyproject()["project"]["dependencies"]:  # type: ignore[index]
+    build = _pyproject()["build-system"]["requires"]  # type: ignore[index]
+    for dep in [*_pyproject()["project"]["dependencies"], *build]:  # type: ignore[index]
         req = Requirement(dep)
         assert _norm(req.name) in pins, f"{req.name} is not pinned in {CONSTRAINTS.name}"
         assert req.specifier.contains(pins[_norm(req.name)]), f"{req.name} pin is outside {dep}"
