@@ -88,6 +88,8 @@ POOL_STATUS_DELAY = 0.5
 # An allocation of a VM without status, made by another controller, is left to it
 # for this long (it is writing the status) before this controller adopts it.
 ADOPT_AFTER = 2.0
+# A pool that looks full only because a VM briefly holds two addresses: look again.
+TRANSIENT_FULL_RETRY = 0.2
 
 # Test-only hooks (never set in production): a pause between choosing an
 # address and creating its allocation (C01), and between the sweeper's two
@@ -515,6 +517,8 @@ class IPAMController:
         return held
 
     def _exhausted(self, vm: api.VirtualMachine, obj: Obj, layout: PoolLayout) -> float | None:
+        if self.index.doubly_held(layout.name):
+            return TRANSIENT_FULL_RETRY  # not really full: a race is being undone
         used = allocator.usage(
             layout, self.index.taken(layout.name), self.cooldown.cooling(layout.name)
         )

@@ -117,6 +117,16 @@ class AllocationIndex:
         with self._lock:
             return [self._by_name[n] for n in sorted(self._by_vm.get(vm_uid, ()))]
 
+    def doubly_held(self, pool: str) -> int:
+        """How many allocations of ``pool`` belong to a VM that holds more than one.
+
+        Two controllers can briefly give one VM two addresses; the loser undoes its
+        allocation at once. Until then the pool looks fuller than it is.
+        """
+        with self._lock:
+            names = self._by_pool.get(pool, {}).values()
+            return sum(1 for n in names if len(self._by_vm[self._by_name[n].alloc.vm.uid]) > 1)
+
     def pools(self) -> set[str]:
         with self._lock:
             return {p for p, ips in self._by_pool.items() if ips}

@@ -125,12 +125,12 @@ class Lab:
         }
 
     def events_for(self, name: str, namespace: str = NS) -> list[dict[str, Any]]:
-        answer = kube.call(k8s.CoreV1Api(self.client).list_namespaced_event, namespace)
-        out = []
-        for ev in self.client.sanitize_for_serialization(answer).get("items") or []:
-            if (ev.get("involvedObject") or {}).get("name") == name:
-                out.append(ev)
-        return out
+        events = self.events_for_namespace(namespace)
+        return [e for e in events if (e.get("involvedObject") or {}).get("name") == name]
+
+    def events_for_namespace(self, namespace: str = NS) -> list[dict[str, Any]]:
+        answer = kube.call(self.core.list_namespaced_event, namespace)
+        return list(self.client.sanitize_for_serialization(answer).get("items") or [])
 
 
 def wait_addressed(lab: Lab, count: int, timeout: float = 30.0) -> None:

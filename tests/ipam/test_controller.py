@@ -27,6 +27,8 @@ Scenarios:
 
 from __future__ import annotations
 
+import os
+import random
 import time
 from typing import Any
 
@@ -314,3 +316,30 @@ def test_recorded_address_held_by_another_vm_is_reported(lab_api: LabApi, lab: L
         assert intruder["metadata"]["uid"] not in {
             a["spec"]["vm"]["uid"] for a in lab.allocations()
         }
+
+
+def test_c04_create_delete_cycles_with_injected_failures_leak_nothing(
+    lab_api: LabApi, lab: Lab
+) -> None:
+    """200 cycles here (VMO_IPAM_CYCLES=1000 for the issue's full count)."""
+    cycles = int(os.environ.get("VMO_IPAM_CYCLES", "200"))
+    lab.create_pool("default", "198.19.0.0/24", default=True)
+    rng = random.Random(4)
+    faults = 0
+    with controller(lab_api, cooldown=0.0):
+        for i in range(cycles):
+            if rng.random() < 0.3:  # about 10% of the controller's ~3 writes per cycle
+                resource, verbs = rng.choice(
+                    [("ipallocations", None), ("virtualmachines", ["update"])]
+                )
+                lab_api.fail_writes(
+                    1, code=rng.choice([500, 503, 504]), resource=resource, verbs=verbs
+                )
+                faults += 1
+            lab.create_vm(f"cyc-{i}")
+            lab.wait_network(f"cyc-{i}")
+            lab.delete_vm(f"cyc-{i}")
+        wait_for("every address freed", lambda: not lab.allocations(), timeout=30)
+    injected = lab_api.stats()["faults"]["injected"]
+    assert injected >= faults * 0.8, (injected, faults)
+    assert lab.vms() == []

@@ -148,3 +148,13 @@ def test_condition_transition_time_moves_only_on_flip() -> None:
     flipped, changed = with_condition(first, condition("NetworkReady", True, "Allocated", "ok"))
     assert changed and flipped[0]["lastTransitionTime"] != stamp
     assert len(flipped) == 1
+
+
+def test_index_counts_addresses_of_vms_holding_two() -> None:
+    index = AllocationIndex()
+    index.put(held("p", "198.19.0.5", "u1"))
+    index.put(held("p", "198.19.0.6", "u1"))
+    index.put(held("p", "198.19.0.7", "u2"))
+    assert index.doubly_held("p") == 2
+    index.drop("p-198-19-0-6")
+    assert index.doubly_held("p") == 0

@@ -319,3 +319,28 @@ def test_bad_flags_exit_2_with_a_clear_error(args: list[str], message: str) -> N
     done = subprocess.run([str(IPAM_BIN), "run", *args], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_c03_fifty_concurrent_allocations_never_report_exhausted_early(
+    lab_api: LabApi, tmp_path: Path
+) -> None:
+    lab = Lab(lab_api)
+    # A /26 has 62 usable addresses; excluding 12 leaves exactly 50.
+    lab.create_pool(
+        "fifty", "198.19.0.0/26", default=True, exclude=["198.19.0.48/29", "198.19.0.56/30"]
+    )
+    with (
+        ControllerProcess(lab_api, tmp_path) as one,
+        ControllerProcess(lab_api, tmp_path) as two,
+    ):
+        one.wait_serving()
+        two.wait_serving()
+        create_vms(lab, [f"vm-{i:02d}" for i in range(50)], threads=10)
+        wait_addressed(lab, 50, timeout=60)
+        check_invariants(lab, expect_vms=50)
+        wait_for(
+            "pool full",
+            lambda: (lab.pool("fifty").get("status") or {}).get("free") == 0,
+        )
+    exhausted = [e for e in lab.events_for_namespace() if e["reason"] == "PoolExhausted"]
+    assert exhausted == [], f"told exhausted while addresses were free: {exhausted}"
