@@ -37,7 +37,13 @@ from vmoverlay.metrics import HealthServer, build_info
 from vxlan_manager.announce import Announcement, Announcer
 from vxlan_manager.config import AgentConfig, ConfigError, Underlay, resolve_underlay
 from vxlan_manager.dataplane import Dataplane, SyncResult
-from vxlan_manager.desired import DesiredState, desired_state, peer_changes, placement_changes
+from vxlan_manager.desired import (
+    DesiredModel,
+    DesiredState,
+    FdbEntry,
+    peer_changes,
+    placement_changes,
+)
 from vxlan_manager.netlink import Collision, Kernel, NetlinkFailure
 from vxlan_manager.state import StateError
 
@@ -113,7 +119,7 @@ class Snapshot:
     synced: dict[str, bool] = field(default_factory=dict)
     underlay: Underlay | None = None
     desired: DesiredState | None = None
-    fdb: list[str] = field(default_factory=list)
+    fdb: frozenset[FdbEntry] = frozenset()
     last_sync: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
@@ -141,6 +147,11 @@ class Agent:
         self._stop = threading.Event()
         self._synced = {"nodes": False, "virtualmachines": False}
         self._event_times: list[float] = []
+        # Changes since the last pass, (resource, key, object or None when deleted),
+        # and whether the model must be rebuilt from the caches (after a relist).
+        self._pending: list[tuple[str, str, Any]] = []
+        self._rebuild = True
+        self._model: DesiredModel | None = None
         self._last: DesiredState | None = None
         self._underlay: Underlay | None = None
         self._tick = time.monotonic()
@@ -216,12 +227,10 @@ class Agent:
     def reconcile(self, *, full: bool) -> SyncResult:
         started = time.monotonic()
         with self._lock:
-            nodes, vms = list(self.nodes.values()), list(self.vms.values())
+            local = self.nodes.get(self.cfg.node)
             events, self._event_times = self._event_times, []
-        underlay = self._resolve_underlay(nodes, full=full)
-        desired = desired_state(
-            self.cfg, underlay, nodes, vms, bridge_networks=self.dataplane.bridge_networks
-        )
+        underlay = self._resolve_underlay(local, full=full)
+        desired = self._desired(underlay)
         result = self.dataplane.sync(desired, full=full)
         done = time.monotonic()
         for t in events:
@@ -234,7 +243,7 @@ class Agent:
             synced=dict(self._synced),
             underlay=underlay,
             desired=desired,
-            fdb=sorted(str(e) for e in self.dataplane.fdb),
+            fdb=self.dataplane.fdb,
             last_sync={
                 "full": full,
                 "duration_seconds": round(done - started, 6),
@@ -243,8 +252,37 @@ class Agent:
         )
         return result
 
-    def _resolve_underlay(self, nodes: list[api.Node], *, full: bool) -> Underlay:
-        local = next((n for n in nodes if n.name == self.cfg.node), None)
+    def _desired(self, underlay: Underlay) -> DesiredState:
+        """Update the model with the pending changes, or rebuild it from the caches."""
+        networks = self.dataplane.bridge_networks
+        model = self._model
+        with self._lock:
+            rebuild = (
+                self._rebuild
+                or model is None
+                or model.underlay != underlay
+                or [str(n) for n in model.networks] != networks
+            )
+            pending, self._pending = self._pending, []
+            if rebuild:
+                nodes, vms = list(self.nodes.values()), list(self.vms.values())
+                self._rebuild = False
+        if rebuild or model is None:
+            model = DesiredModel(self.cfg, underlay, bridge_networks=networks)
+            for node in nodes:
+                model.set_node(node)
+            for vm in vms:
+                model.set_vm(vm)
+            self._model = model
+        else:
+            for resource, key, item in pending:
+                if resource == "nodes":
+                    model.set_node(item) if item is not None else model.delete_node(key)
+                else:
+                    model.set_vm(item) if item is not None else model.delete_vm(key)
+        return model.state()
+
+    def _resolve_underlay(self, local: api.Node | None, *, full: bool) -> Underlay:
         vtep = local.vtep_ip if local else None
         if (
             self._underlay is not None
@@ -389,6 +427,7 @@ class Agent:
             else:
                 self.vms = {v.key: v for v in _parse(items, api.VirtualMachine.from_obj, self.log)}
             self._event_times.append(time.monotonic())
+            self._rebuild = True
             self._synced[resource] = True
         self._wake.set()
         self.log.debug("listed", resource=resource, count=len(items))
@@ -421,6 +460,7 @@ class Agent:
                 table[key] = item
             if kind != "DELETED" and old is not None and _relevant(old) == _relevant(item):
                 return  # a heartbeat or a field we do not use: nothing to reconcile
+            self._pending.append((resource, key, None if kind == "DELETED" else item))
             self._event_times.append(time.monotonic())
         self._wake.set()
 
@@ -456,7 +496,7 @@ class Agent:
             "underlay": None,
             "device": None,
             "peers": [],
-            "fdb": snap.fdb,
+            "fdb": [{"mac": e.mac, "dst": e.dst, "kind": e.kind} for e in sorted(snap.fdb)],
             "problems": [],
             "last_sync": snap.last_sync,
             "error": snap.error,

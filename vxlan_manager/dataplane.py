@@ -56,7 +56,8 @@ class Dataplane:
         self.kernel = kernel
         self.state_file = state_file
         self.log = logger or get_logger("vxlan-manager")
-        self.owned = state_store.load(state_file) or state_store.OwnedState()
+        self.journal = state_store.OwnershipFile(state_file)
+        self.owned = self.journal.load()
         self._devices: tuple[VxlanSpec, BridgeSpec] | None = None
         self.vxlan_index = 0
         self.bridge_index = 0
@@ -69,8 +70,9 @@ class Dataplane:
         return self._devices is not None
 
     @property
-    def fdb(self) -> set[FdbEntry]:
-        return set(self._fdb or ())
+    def fdb(self) -> frozenset[FdbEntry]:
+        """What the kernel holds on our VXLAN device, as last read or written."""
+        return frozenset(self._fdb or ())
 
     def ensure_devices(self, vxlan: VxlanSpec, bridge: BridgeSpec) -> list[Difference]:
         """Check coexistence, then create/repair the bridge and the VXLAN device."""
@@ -84,7 +86,7 @@ class Dataplane:
         self._devices = (vxlan, bridge)
         if self.owned.device != vxlan.name or self.owned.bridge != bridge.name:
             self.owned.device, self.owned.bridge = vxlan.name, bridge.name
-            self._save()
+            self.journal.compact(self.owned, force=True)
         return repairs
 
     def sync(self, desired: DesiredState, *, full: bool) -> SyncResult:
@@ -106,6 +108,8 @@ class Dataplane:
                 desired.neighbours, self._neigh, self.owned.neighbours
             )
             self._apply(result.fdb, result.neighbours)
+            if full:
+                self.journal.compact(self.owned)
         except (NetlinkFailure, state_store.StateError, OSError):
             self._fdb = self._neigh = None
             raise
@@ -115,28 +119,31 @@ class Dataplane:
         assert self._fdb is not None and self._neigh is not None
         if not fdb and not neigh:
             return
-        # Record ownership before creating, so a crash in between never leaves an
-        # entry we made but do not know we own.
         added = set(fdb.add) | {new for _, new in fdb.replace}
-        if not added <= self.owned.fdb or not set(neigh.add) <= self.owned.neighbours:
-            self.owned.fdb |= added
-            self.owned.neighbours |= set(neigh.add)
-            self._save()
+        gone = set(fdb.remove) | {old for old, _ in fdb.replace}
+        # Record ownership before creating and forget it after removing, so a crash
+        # in between never leaves an entry we made but do not know we own.
+        new_fdb, new_neigh = added - self.owned.fdb, set(neigh.add) - self.owned.neighbours
+        self.journal.append(add_fdb=new_fdb, add_neigh=new_neigh)
+        self.owned.fdb |= new_fdb
+        self.owned.neighbours |= new_neigh
+
         self.kernel.apply_fdb(self.vxlan_index, fdb)
         self.kernel.apply_neighbours(self.bridge_index, neigh)
-        self._fdb -= set(fdb.remove) | {old for old, _ in fdb.replace}
+        self._fdb -= gone
         self._fdb |= added
-        self._neigh -= set(neigh.remove)
-        self._neigh = {n for n in self._neigh if n.ip not in {a.ip for a in neigh.add}} | set(
-            neigh.add
-        )
-        self.owned.fdb -= set(fdb.remove) | {old for old, _ in fdb.replace}
-        self.owned.fdb |= added
-        self.owned.neighbours -= set(neigh.remove)
-        self._save()
+        changed_ips = {a.ip for a in neigh.add}
+        self._neigh = {n for n in self._neigh if n.ip not in changed_ips} - set(neigh.remove)
+        self._neigh |= set(neigh.add)
 
-    def _save(self) -> None:
-        state_store.save(self.state_file, self.owned)
+        old_fdb = gone & self.owned.fdb
+        old_neigh = (
+            set(neigh.remove) | {n for n in self.owned.neighbours if n.ip in changed_ips}
+        ) - set(neigh.add)
+        old_neigh &= self.owned.neighbours
+        self.journal.append(del_fdb=old_fdb, del_neigh=old_neigh)
+        self.owned.fdb -= old_fdb
+        self.owned.neighbours -= old_neigh
 
     def teardown(self, vxlan_name: str, bridge_name: str) -> list[str]:
         """Remove what we own: our neighbours, our devices (with their entries), the state file."""

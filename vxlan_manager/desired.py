@@ -23,8 +23,9 @@ kernel edge (``netlink``) applies and the agent logs.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vmoverlay import api
 from vxlan_manager.config import AgentConfig, Underlay
@@ -34,9 +35,12 @@ KIND_FLOOD = "flood"
 KIND_VM = "vm"
 
 
-@dataclass(frozen=True, order=True)
-class FdbEntry:
-    """A static entry on the VXLAN device: frames for ``mac`` go to VTEP ``dst``."""
+class FdbEntry(NamedTuple):
+    """A static entry on the VXLAN device: frames for ``mac`` go to VTEP ``dst``.
+
+    Named tuples (not dataclasses) for the entries: thousands of them are hashed
+    and compared on every event, and a tuple's hash runs in C.
+    """
 
     mac: str
     dst: str
@@ -49,8 +53,7 @@ class FdbEntry:
         return f"{self.mac} -> {self.dst}"
 
 
-@dataclass(frozen=True, order=True)
-class NeighEntry:
+class NeighEntry(NamedTuple):
     """A permanent neighbour entry on the bridge: ``ip`` is at ``mac``."""
 
     ip: str
@@ -82,8 +85,7 @@ class Peer:
     ready: bool
 
 
-@dataclass(frozen=True)
-class VMPlacement:
+class VMPlacement(NamedTuple):
     vm: str  # namespace/name
     mac: str
     ip: str
@@ -101,6 +103,14 @@ class DesiredState:
     fdb: frozenset[FdbEntry]
     neighbours: frozenset[NeighEntry]
     problems: tuple[str, ...] = field(default=())
+
+    def placements(self) -> dict[str, VMPlacement]:
+        """VM key -> where it runs; computed once per state."""
+        cached = self.__dict__.get("_placements")
+        if cached is None:
+            cached = {p.vm: p for p in (*self.remote_vms, *self.local_vms)}
+            object.__setattr__(self, "_placements", cached)
+        return cached
 
     def fdb_counts(self) -> dict[str, int]:
         counts = {KIND_FLOOD: 0, KIND_VM: 0}
@@ -130,88 +140,171 @@ def desired_state(
     *,
     bridge_networks: Iterable[str] = (),
 ) -> DesiredState:
-    """The whole wanted state of this node's overlay."""
-    device, bridge = device_specs(cfg, underlay)
-    problems: list[str] = []
-    peers = _peers(cfg.node, underlay, nodes, problems)
-    vtep_of = {p.node: p.vtep for p in peers}
-    remote, local = _placements(cfg.node, underlay.address, vtep_of, vms, problems)
-
-    fdb = {FdbEntry(ZERO_MAC, vtep) for vtep in vtep_of.values()}
-    fdb.update(FdbEntry(r.mac, r.vtep) for r in remote)
-    networks = [ipaddress.ip_network(n, strict=False) for n in bridge_networks]
-    neighbours = {
-        NeighEntry(r.ip, r.mac)
-        for r in remote
-        if any(ipaddress.ip_address(r.ip) in net for net in networks)
-    }
-    return DesiredState(
-        device=device,
-        bridge=bridge,
-        peers=tuple(peers),
-        remote_vms=tuple(remote),
-        local_vms=tuple(local),
-        fdb=frozenset(fdb),
-        neighbours=frozenset(neighbours),
-        problems=tuple(problems),
-    )
+    """The whole wanted state of this node's overlay, from scratch."""
+    model = DesiredModel(cfg, underlay, bridge_networks=bridge_networks)
+    for node in nodes:
+        model.set_node(node)
+    for vm in vms:
+        model.set_vm(vm)
+    return model.state()
 
 
-def _peers(
-    local_node: str, underlay: Underlay, nodes: Iterable[api.Node], problems: list[str]
-) -> list[Peer]:
-    peers = []
-    for node in sorted(nodes, key=lambda n: n.name):
-        if node.name == local_node:
-            continue
+class DesiredModel:
+    """The desired state kept up to date one object at a time.
+
+    Pure (no I/O) but incremental: a VM event re-places that VM (and any VM
+    sharing its MAC); a node event re-places the VMs on that node. So a single
+    change costs the same with 5,000 VMs as with 5; only :meth:`state` touches
+    everything, with set and tuple builds that run in C. ``desired_state`` is
+    this model built from scratch, so both always agree.
+    """
+
+    def __init__(
+        self, cfg: AgentConfig, underlay: Underlay, *, bridge_networks: Iterable[str] = ()
+    ) -> None:
+        self.cfg = cfg
+        self.underlay = underlay
+        self.device, self.bridge = device_specs(cfg, underlay)
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in bridge_networks]
+        self.nodes: dict[str, api.Node] = {}
+        self.vms: dict[str, api.VirtualMachine] = {}
+        self._peers: dict[str, Peer] = {}
+        self._flood: dict[str, FdbEntry] = {}
+        self._node_problems: dict[str, str] = {}
+        self._vms_on: dict[str, set[str]] = {}
+        self._keys_of_mac: dict[str, set[str]] = {}
+        self._remote: dict[str, VMPlacement] = {}
+        self._local: dict[str, VMPlacement] = {}
+        self._vm_fdb: dict[str, FdbEntry] = {}
+        self._neigh: dict[str, NeighEntry] = {}
+        self._vm_problems: dict[str, str] = {}
+        self._peer_tuple: tuple[Peer, ...] | None = None
+
+    # ------------------------------------------------------------ updates
+
+    def set_node(self, node: api.Node) -> None:
+        if self.nodes.get(node.name) == node:
+            return
+        self.nodes[node.name] = node
+        self._place_node(node.name)
+
+    def delete_node(self, name: str) -> None:
+        if self.nodes.pop(name, None) is not None:
+            self._place_node(name)
+
+    def set_vm(self, vm: api.VirtualMachine) -> None:
+        old = self.vms.get(vm.key)
+        if old == vm:
+            return
+        self.vms[vm.key] = vm
+        self._reindex(old, vm)
+
+    def delete_vm(self, key: str) -> None:
+        old = self.vms.pop(key, None)
+        if old is not None:
+            self._reindex(old, None)
+
+    # ------------------------------------------------------------ result
+
+    def state(self) -> DesiredState:
+        if self._peer_tuple is None:
+            self._peer_tuple = tuple(sorted(self._peers.values(), key=lambda p: p.node))
+        fdb = frozenset(self._flood.values()) | frozenset(self._vm_fdb.values())
+        problems = sorted([*self._node_problems.values(), *self._vm_problems.values()])
+        return DesiredState(
+            device=self.device,
+            bridge=self.bridge,
+            peers=self._peer_tuple,
+            remote_vms=tuple(self._remote.values()),
+            local_vms=tuple(self._local.values()),
+            fdb=fdb,
+            neighbours=frozenset(self._neigh.values()),
+            problems=tuple(problems),
+        )
+
+    # ------------------------------------------------------------ internals
+
+    def _place_node(self, name: str) -> None:
+        self._peer_tuple = None
+        self._peers.pop(name, None)
+        self._flood.pop(name, None)
+        self._node_problems.pop(name, None)
+        node = self.nodes.get(name)
+        if node is not None and name != self.cfg.node:
+            peer = self._peer(node)
+            if isinstance(peer, Peer):
+                self._peers[name] = peer
+                self._flood[name] = FdbEntry(ZERO_MAC, peer.vtep)
+            else:
+                self._node_problems[name] = peer
+        for key in list(self._vms_on.get(name, ())):
+            self._place_vm(key)
+
+    def _peer(self, node: api.Node) -> Peer | str:
+        """The node as a peer, or the problem that keeps it from being one."""
         if not node.vtep_ip:
-            problems.append(f"node {node.name} has no InternalIP nor VTEP annotation")
-            continue
+            return f"node {node.name} has no InternalIP nor VTEP annotation"
         try:
             vtep = ipaddress.ip_address(node.vtep_ip)
         except ValueError:
-            problems.append(f"node {node.name} has an invalid VTEP address {node.vtep_ip!r}")
-            continue
-        if vtep.version != underlay.family:
-            problems.append(
+            return f"node {node.name} has an invalid VTEP address {node.vtep_ip!r}"
+        if vtep.version != self.underlay.family:
+            return (
                 f"node {node.name} VTEP {vtep} is IPv{vtep.version}; "
-                f"this node's underlay is IPv{underlay.family}"
+                f"this node's underlay is IPv{self.underlay.family}"
             )
-            continue
-        if str(vtep) == underlay.address:
-            problems.append(f"node {node.name} claims this node's VTEP {vtep}")
-            continue
-        peers.append(Peer(node=node.name, vtep=str(vtep), ready=node.ready))
-    return peers
+        if str(vtep) == self.underlay.address:
+            return f"node {node.name} claims this node's VTEP {vtep}"
+        return Peer(node=node.name, vtep=str(vtep), ready=node.ready)
+
+    def _reindex(self, old: api.VirtualMachine | None, new: api.VirtualMachine | None) -> None:
+        affected: set[str] = set()
+        for vm, add in ((old, False), (new, True)):
+            if vm is None:
+                continue
+            affected.add(vm.key)
+            if vm.node is not None:
+                on = self._vms_on.setdefault(vm.node, set())
+                on.add(vm.key) if add else on.discard(vm.key)
+            mac = _mac_of(vm)
+            if mac is not None:
+                keys = self._keys_of_mac.setdefault(mac, set())
+                keys.add(vm.key) if add else keys.discard(vm.key)
+                affected |= keys
+        for key in affected:
+            self._place_vm(key)
+
+    def _place_vm(self, key: str) -> None:
+        for table in (self._remote, self._local, self._vm_fdb, self._neigh, self._vm_problems):
+            table.pop(key, None)
+        vm = self.vms.get(key)
+        mac = _mac_of(vm) if vm is not None else None
+        if vm is None or mac is None or vm.network is None or vm.node is None:
+            return
+        # One MAC, one VM: on a clash the smaller namespace/name wins, whatever
+        # the order the objects came in, so every agent makes the same choice.
+        winner = min(self._keys_of_mac[mac])
+        if winner != key:
+            self._vm_problems[key] = f"VM {key} has MAC {mac} already used by VM {winner}"
+            return
+        if vm.node == self.cfg.node:
+            self._local[key] = VMPlacement(key, mac, vm.network.ip, vm.node, self.underlay.address)
+            return
+        peer = self._peers.get(vm.node)
+        if peer is None:
+            self._vm_problems[key] = f"VM {key} runs on node {vm.node}, which has no known VTEP"
+            return
+        self._remote[key] = VMPlacement(key, mac, vm.network.ip, vm.node, peer.vtep)
+        self._vm_fdb[key] = FdbEntry(mac, peer.vtep)
+        if self.networks and any(ipaddress.ip_address(vm.network.ip) in n for n in self.networks):
+            self._neigh[key] = NeighEntry(vm.network.ip, mac)
 
 
-def _placements(
-    local_node: str,
-    local_vtep: str,
-    vtep_of: Mapping[str, str],
-    vms: Iterable[api.VirtualMachine],
-    problems: list[str],
-) -> tuple[list[VMPlacement], list[VMPlacement]]:
-    remote: list[VMPlacement] = []
-    local: list[VMPlacement] = []
-    owner_of_mac: dict[str, str] = {}
-    for vm in sorted(vms, key=lambda v: v.key):
-        if vm.network is None or vm.node is None or vm.phase == api.PHASE_STOPPED:
-            continue
-        mac = vm.network.mac.lower()
-        if mac in owner_of_mac:
-            problems.append(f"VM {vm.key} has MAC {mac} already used by VM {owner_of_mac[mac]}")
-            continue
-        owner_of_mac[mac] = vm.key
-        if vm.node == local_node:
-            local.append(VMPlacement(vm.key, mac, vm.network.ip, local_node, local_vtep))
-            continue
-        vtep = vtep_of.get(vm.node)
-        if vtep is None:
-            problems.append(f"VM {vm.key} runs on node {vm.node}, which has no known VTEP")
-            continue
-        remote.append(VMPlacement(vm=vm.key, mac=mac, ip=vm.network.ip, node=vm.node, vtep=vtep))
-    return remote, local
+def _mac_of(vm: api.VirtualMachine) -> str | None:
+    """The MAC a VM's entry uses, or None when it has no place in the overlay."""
+    if vm.network is None or vm.node is None or vm.phase == api.PHASE_STOPPED:
+        return None
+    return vm.network.mac.lower()
 
 
 # ---------------------------------------------------------------- diffs
@@ -286,25 +379,32 @@ def diff_fdb(wanted: Set[FdbEntry], actual: Set[FdbEntry], owned: Set[FdbEntry])
     entry (the flood list of our own device is ours alone). A VM MAC we want
     is ours to claim: its other entries are replaced or removed.
     """
+    missing, extra = wanted - actual, actual - wanted
+    if not missing and not extra:
+        return FdbPlan()
     add: list[FdbEntry] = []
     replace: list[tuple[FdbEntry, FdbEntry]] = []
     remove: set[FdbEntry] = set()
-    by_mac: dict[str, list[FdbEntry]] = {}
-    for entry in actual:
-        by_mac.setdefault(entry.mac, []).append(entry)
-    wanted_vm_macs = {e.mac for e in wanted if e.kind == KIND_VM}
+    stale_by_mac: dict[str, list[FdbEntry]] = {}
+    for entry in extra:
+        stale_by_mac.setdefault(entry.mac, []).append(entry)
 
-    for entry in sorted(wanted - actual):
-        present = sorted(by_mac.get(entry.mac, ()))
-        stale = [e for e in present if e not in wanted]
-        if entry.kind == KIND_VM and stale:
+    for entry in sorted(missing):
+        stale = sorted(stale_by_mac.get(entry.mac, ())) if entry.kind == KIND_VM else []
+        if stale:
             replace.append((stale[0], entry))
             remove.update(stale[1:])
         else:
             add.append(entry)
     moved = {old for old, _ in replace}
-    for entry in actual - wanted - moved:
-        if entry in owned or entry.kind == KIND_FLOOD or entry.mac in wanted_vm_macs:
+    wanted_vm_macs: set[str] | None = None
+    for entry in extra - moved:
+        if entry in owned or entry.kind == KIND_FLOOD:
+            remove.add(entry)
+            continue
+        if wanted_vm_macs is None:  # rare: someone else's entry; do we claim its MAC?
+            wanted_vm_macs = {e.mac for e in wanted if e.kind == KIND_VM}
+        if entry.mac in wanted_vm_macs:
             remove.add(entry)
     return FdbPlan(tuple(add), tuple(replace), tuple(sorted(remove)))
 
@@ -344,28 +444,27 @@ class PlacementChange:
 
 def placement_changes(old: DesiredState | None, new: DesiredState) -> list[PlacementChange]:
     """VMs that appeared, moved or left between two states, for one log line each."""
-    before = _where(old) if old else {}
-    after = _where(new)
+    before = old.placements() if old else {}
+    after = new.placements()
+    if before == after:
+        return []
     changes = []
-    for vm in sorted(set(before) | set(after)):
+    for vm in sorted(
+        before.keys() ^ after.keys()
+        | {k for k in before.keys() & after.keys() if before[k] != after[k]}
+    ):
         b, a = before.get(vm), after.get(vm)
-        if b != a:
-            mac = (a or b or ("", "", ""))[0]
-            changes.append(
-                PlacementChange(
-                    vm=vm,
-                    mac=mac,
-                    old_vtep=b[1] if b else None,
-                    new_vtep=a[1] if a else None,
-                    old_node=b[2] if b else None,
-                    new_node=a[2] if a else None,
-                )
+        changes.append(
+            PlacementChange(
+                vm=vm,
+                mac=(a or b or VMPlacement("", "", "", "", "")).mac,
+                old_vtep=b.vtep if b else None,
+                new_vtep=a.vtep if a else None,
+                old_node=b.node if b else None,
+                new_node=a.node if a else None,
             )
+        )
     return changes
-
-
-def _where(state: DesiredState) -> dict[str, tuple[str, str, str]]:
-    return {r.vm: (r.mac, r.vtep, r.node) for r in (*state.remote_vms, *state.local_vms)}
 
 
 def peer_changes(

@@ -29,7 +29,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_DUMP_INTR
@@ -52,6 +52,7 @@ from vxlan_manager.desired import (
 OWNER_ALIAS = "vmoverlay:vxlan-manager"
 NUD_STATIC = ndmsg.states["permanent"] | ndmsg.states["noarp"]
 NTF_SELF = ndmsg.flags["self"]
+NUD_PERMANENT = ndmsg.states["permanent"]
 RETRY_DUMP_ERRNOS = (errno.EINTR, errno.EBUSY, errno.EAGAIN)
 EXISTS = (errno.EEXIST,)
 GONE = (errno.ENOENT, errno.ENODEV, errno.ESRCH)
@@ -59,6 +60,7 @@ GONE = (errno.ENOENT, errno.ENODEV, errno.ESRCH)
 NOT_IN_PLACE = (errno.EOPNOTSUPP, errno.EINVAL, errno.EBUSY, errno.EADDRINUSE)
 
 log = get_logger("vxlan-manager")
+T = TypeVar("T")
 
 
 class NetlinkFailure(RuntimeError):
@@ -70,27 +72,38 @@ class Collision(RuntimeError):
 
 
 def dump(
-    fn: Callable[..., Any], *args: Any, what: str, attempts: int = 5, **kwargs: Any
-) -> list[Any]:
-    """Run a netlink dump, retrying while the kernel reports it interrupted."""
+    fn: Callable[..., Any],
+    *args: Any,
+    what: str,
+    extract: Callable[[Any], T | None] = lambda m: m,
+    attempts: int = 5,
+    **kwargs: Any,
+) -> list[T]:
+    """Run a netlink dump, retrying while the kernel reports it interrupted.
+
+    ``extract`` turns each message into what the caller keeps (None: skip it),
+    as the messages stream in, so a dump of thousands of entries never holds
+    thousands of parsed messages at once.
+    """
     for attempt in range(1, attempts + 1):
+        out: list[T] = []
+        interrupted = False
         try:
-            msgs = list(fn(*args, **kwargs))
+            for msg in fn(*args, **kwargs):
+                interrupted = interrupted or bool(msg["header"]["flags"] & NLM_F_DUMP_INTR)
+                value = extract(msg)
+                if value is not None:
+                    out.append(value)
         except NetlinkDumpInterrupted:
-            reason = "NLM_F_DUMP_INTR"
+            interrupted = True
         except NetlinkError as exc:
             if exc.code not in RETRY_DUMP_ERRNOS:
                 raise NetlinkFailure(f"failed to dump {what}: {exc}") from exc
-            reason = errno.errorcode.get(exc.code, str(exc.code))
-        else:
-            if not any(m["header"]["flags"] & NLM_F_DUMP_INTR for m in msgs):
-                return msgs
-            reason = "NLM_F_DUMP_INTR"
+            interrupted = True
+        if not interrupted:
+            return out
         log.debug(
-            "netlink dump interrupted, will retry",
-            what=what,
-            attempt=f"{attempt}/{attempts}",
-            reason=reason,
+            "netlink dump interrupted, will retry", what=what, attempt=f"{attempt}/{attempts}"
         )
         time.sleep(0.005 * attempt)
     raise NetlinkFailure(f"failed to dump {what}: interrupted {attempts} times in a row")
@@ -160,7 +173,7 @@ class Kernel:
     # ------------------------------------------------------------ reading
 
     def links(self) -> list[Link]:
-        msgs = dump(self.ipr.get_links, what="links")
+        msgs: list[Any] = dump(self.ipr.get_links, what="links")
         names = {int(m["index"]): m.get_attr("IFLA_IFNAME") for m in msgs}
         return [_parse_link(m, names) for m in msgs]
 
@@ -189,7 +202,8 @@ class Kernel:
     def interfaces(self) -> list[InterfaceInfo]:
         """Every link with its addresses, for choosing the underlay."""
         addrs: dict[int, list[str]] = {}
-        for msg in dump(self.ipr.get_addr, what="addresses"):
+        msgs: list[Any] = dump(self.ipr.get_addr, what="addresses")
+        for msg in msgs:
             addrs.setdefault(int(msg["index"]), []).append(str(msg.get_attr("IFA_ADDRESS")))
         return [
             InterfaceInfo(link.name, link.index, link.mtu, tuple(addrs.get(link.index, ())))
@@ -199,7 +213,8 @@ class Kernel:
     def networks(self, index: int) -> list[str]:
         """The networks of the addresses on link ``index`` (``198.19.0.0/16``...)."""
         out = []
-        for msg in dump(self.ipr.get_addr, what="addresses", index=index):
+        msgs: list[Any] = dump(self.ipr.get_addr, what="addresses", index=index)
+        for msg in msgs:
             net = ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
             if not net.ip.is_link_local:
                 out.append(str(net.network))
@@ -407,17 +422,16 @@ class Kernel:
 
     def fdb_entries(self, index: int) -> set[FdbEntry]:
         """The static ``self`` entries with a remote on the VXLAN device ``index``."""
-        out = set()
-        for msg in dump(self.ipr.fdb, "dump", ifindex=index, what="FDB"):
+
+        def extract(msg: Any) -> FdbEntry | None:
             if msg["ifindex"] != index or not msg["flags"] & NTF_SELF:
-                continue
+                return None
             dst = msg.get_attr("NDA_DST")
-            if not dst or not msg["state"] & ndmsg.states["permanent"]:
-                continue
-            out.add(
-                FdbEntry(str(msg.get_attr("NDA_LLADDR")).lower(), str(ipaddress.ip_address(dst)))
-            )
-        return out
+            if not dst or not msg["state"] & NUD_PERMANENT:
+                return None
+            return FdbEntry(str(msg.get_attr("NDA_LLADDR")).lower(), str(ipaddress.ip_address(dst)))
+
+        return set(dump(self.ipr.fdb, "dump", ifindex=index, what="FDB", extract=extract))
 
     def apply_fdb(self, index: int, plan: FdbPlan) -> None:
         """Removals last, so a peer's traffic always has somewhere to go."""
@@ -452,18 +466,16 @@ class Kernel:
 
     def neighbours(self, index: int) -> set[NeighEntry]:
         """The permanent neighbour entries on link ``index``."""
-        out = set()
-        for msg in dump(self.ipr.neigh, "dump", ifindex=index, what="neighbours"):
+
+        def extract(msg: Any) -> NeighEntry | None:
             if msg["ifindex"] != index or msg["family"] not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            if not msg["state"] & ndmsg.states["permanent"]:
-                continue
+                return None
             mac = msg.get_attr("NDA_LLADDR")
-            if mac:
-                out.add(
-                    NeighEntry(str(ipaddress.ip_address(msg.get_attr("NDA_DST"))), str(mac).lower())
-                )
-        return out
+            if not mac or not msg["state"] & NUD_PERMANENT:
+                return None
+            return NeighEntry(str(ipaddress.ip_address(msg.get_attr("NDA_DST"))), str(mac).lower())
+
+        return set(dump(self.ipr.neigh, "dump", ifindex=index, what="neighbours", extract=extract))
 
     def apply_neighbours(self, index: int, plan: SetPlan) -> None:
         for entry in plan.add:
