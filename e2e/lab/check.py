@@ -2,11 +2,12 @@
 
 A lab's agents serve their metrics and ``/health`` on loopback inside their
 node namespaces, and the lab API server listens on the lab underlay, so the
-cluster-wide view is gathered from inside: the node check
-(``vxlan-manager check --json``) runs in every node namespace at once, each
-reading its own kernel, the lab API and its agent's probe results; the
-reports are merged into one cluster report (probe matrix + findings by node),
-printed as a table or ``--json`` (schema: :mod:`vxlan_manager.health.findings`).
+cluster-wide view is gathered from inside: the node check (what
+``vxlan-manager check`` does) runs for every node at once in a thread that has
+entered that node's namespace, each reading its own kernel, the lab API and
+its agent's probe results; the reports are merged into one cluster report
+(probe matrix + findings by node), printed as a table or ``--json`` (schema:
+:mod:`vxlan_manager.health.findings`).
 
 The lab is found the way ``vmoverlay-lab status`` finds it (the cheat sheet
 ``vmoverlay-lab up`` stores); ``--run`` picks one when several run.
@@ -17,16 +18,24 @@ Exit codes: 0 healthy, 1 degraded, 2 broken, 3 the check could not run.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
-import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+from pyroute2 import netns as pyr_netns
+from pyroute2.netlink.exceptions import NetlinkError
 
 from e2e.lab import status
+from vmoverlay.kube import KubeError
 from vmoverlay.logs import add_logging_args, setup_logging
+from vxlan_manager.health import cli as health_cli
 from vxlan_manager.health.findings import Finding, Report, Severity, render_table
+
+T = TypeVar("T")
 
 EXIT_CANNOT_CHECK = 3
 
@@ -103,34 +112,65 @@ def main(argv: list[str]) -> int:
 def lab_report(lab: LabInfo, *, timeout: float = 20.0) -> Report:
     """Every node's check, run in its namespace at once, merged into one cluster report."""
     report = Report(scope="cluster", nodes=sorted(lab.nodes))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(lab.nodes))) as pool:
-        futures = [
-            pool.submit(node_check, lab, name, ns, timeout)
-            for name, ns in sorted(lab.nodes.items())
-        ]
-        for future in futures:
-            one = future.result()
-            if isinstance(one, Report):
-                report.extend(one)
-            else:
-                report.findings.append(one)
+    results: dict[str, Report | Finding] = {}
+    threads = [
+        threading.Thread(
+            target=lambda n=name, ns=ns: results.__setitem__(n, node_check(lab, n, ns)),
+            name=f"check-{name}",
+            daemon=True,
+        )
+        for name, ns in sorted(lab.nodes.items())
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for name in sorted(lab.nodes):
+        one = results.get(name) or _not_run(name, f"no answer within {timeout:.0f}s")
+        if isinstance(one, Report):
+            report.extend(one)
+        else:
+            report.findings.append(one)
     return report
 
 
-def node_check(lab: LabInfo, node: str, ns: str, timeout: float) -> Report | Finding:
-    """``vxlan-manager check --json`` inside ``ns``; a finding when it could not run."""
-    argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "vxlan_manager.health.cli"]
-    argv += ["--node", node, "--kubeconfig", lab.kubeconfig, "--json", "--log-level", "error"]
+def node_check(lab: LabInfo, node: str, ns: str) -> Report | Finding:
+    """``vxlan-manager check`` for ``node``, run in a thread inside its namespace.
+
+    One process for all nodes (the Kubernetes client is imported once): each
+    thread enters its node's namespace, so its netlink reads, its API requests
+    over the lab underlay and its request to the agent's loopback endpoint all
+    happen from that node, as ``vxlan-manager check`` on the node would.
+    """
+    argv = ["--node", node, "--kubeconfig", lab.kubeconfig]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return _not_run(node, f"no answer within {timeout:.0f}s")
-    if proc.returncode not in (0, 1, 2):
-        return _not_run(node, proc.stderr.strip() or f"exit code {proc.returncode}")
-    try:
-        return Report.from_dict(json.loads(proc.stdout))
-    except (ValueError, KeyError, TypeError) as exc:
-        return _not_run(node, f"unreadable report: {exc}")
+        return in_netns(ns, lambda: health_cli.node_report(health_cli.parse_args(argv)))
+    except (health_cli.CheckError, KubeError, OSError, NetlinkError) as exc:
+        return _not_run(node, str(exc))
+
+
+def in_netns(ns: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a new thread that entered ``ns`` (setns changes only the calling thread).
+
+    Exceptions of ``fn`` are raised in the caller.
+    """
+    out: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            pyr_netns.setns(ns, flags=0)
+            out.append(fn())
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the calling thread)
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=f"in-{ns}")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return out[0]
 
 
 def _not_run(node: str, why: str) -> Finding:

@@ -81,7 +81,11 @@ def active(lab: LabInfo) -> list[Fault]:
 
 
 def _save(lab: LabInfo, faults: list[Fault]) -> None:
-    _faults_path(lab).write_text(json.dumps([asdict(f) for f in faults], indent=2) + "\n")
+    path = _faults_path(lab)
+    if not faults:
+        path.unlink(missing_ok=True)
+        return
+    path.write_text(json.dumps([asdict(f) for f in faults], indent=2) + "\n")
 
 
 # ---- inject / remove -----------------------------------------------------------------
