@@ -387,7 +387,8 @@ def test_teardown_daemonset_cleans_every_node_without_api_access(base: list[Obj]
     assert teardown["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
     assert remove_cni["command"] == ["/opt/vmoverlay/bin/install-cni", "uninstall"]
     agent_ds = find(base, "DaemonSet", "vmoverlay-agent")
-    agent_host = {v["hostPath"]["path"] for v in agent_ds["spec"]["template"]["spec"]["volumes"]}
+    agent_volumes = agent_ds["spec"]["template"]["spec"]["volumes"]
+    agent_host = {v["hostPath"]["path"] for v in agent_volumes if "hostPath" in v}
     assert {v["hostPath"]["path"] for v in spec["volumes"]} == agent_host
     for c in containers(spec):
         assert c["image"] == f"vmoverlay:{_version()}", c["name"]
