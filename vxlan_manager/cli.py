@@ -212,7 +212,7 @@ def run(cfg: AgentConfig) -> int:
         ) from exc
     nodes, vms = (lambda: list(agent.nodes.values())), (lambda: list(agent.vms.values()))
     health = HealthService(cfg, agent.metrics.registry, nodes=nodes, vms=vms)
-    health.serve(server)  # GET /health: this node's fabric check with its probe results
+    health.serve(server, status=agent.status)  # GET /health; "probes" in /status
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("stopping; the data plane stays up", signal=signal.Signals(signum).name)

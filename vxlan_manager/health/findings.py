@@ -256,7 +256,7 @@ def render_table(report: Report) -> str:
 
 
 def render_matrix(probes: Sequence[ProbeResult], nodes: Sequence[str]) -> list[str]:
-    """Node-by-node matrix: rows probe from, columns probed; cell = RTT and MTU status.
+    """Node-by-node matrix: a row per node of the report (the prober), a column per node.
 
     ``0.4ms`` reachable with full-size frames; ``0.4ms MTU!`` reachable but
     full-size probes lost; ``DOWN`` unreachable; ``?`` not measured; ``.`` self.
@@ -265,7 +265,7 @@ def render_matrix(probes: Sequence[ProbeResult], nodes: Sequence[str]) -> list[s
     by_pair = {(p.node, p.peer): p for p in probes}
     header = ("FROM \\ TO", *names)
     rows = []
-    for src in names:
+    for src in sorted(nodes) or sorted({p.node for p in probes}):
         cells = [src]
         for dst in names:
             cells.append("." if src == dst else _cell(by_pair.get((src, dst))))

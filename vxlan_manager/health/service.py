@@ -6,7 +6,7 @@ borrows them through callables, so wiring it in takes three lines::
     health = HealthService(cfg, agent.metrics.registry,
                            nodes=lambda: list(agent.nodes.values()),
                            vms=lambda: list(agent.vms.values()))
-    health.serve(server)   # adds GET /health to the agent's HealthServer
+    health.serve(server, status=agent.status)  # GET /health; /status gains "probes"
     health.start()         # the prober thread; health.stop() on shutdown
 
 ``/health`` runs the node check (:func:`.checks.check_node`) against the
@@ -92,8 +92,24 @@ class HealthService:
             logger=self.log,
         )
 
-    def serve(self, server: HealthServer) -> None:
+    def serve(
+        self, server: HealthServer, *, status: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
+        """Add ``/health``; with ``status`` (the agent's), ``/status`` gains a ``probes`` key."""
         server.add_json_route(HEALTH_PATH, self.report_dict)
+        if status is not None:
+            server.add_json_route("/status", lambda: {**status(), "probes": self.probe_status()})
+
+    def probe_status(self) -> dict[str, Any]:
+        """The prober's view for the agent's ``/status``: address, period, last results."""
+        return {
+            "probe_ip": self.prober.probe_ip,
+            "pool": self.settings.pool,
+            "period_seconds": self.settings.period,
+            "timeout_seconds": self.settings.timeout,
+            "problems": list(self.prober.problems),
+            "peers": [r.to_dict() for r in self.prober.results()],
+        }
 
     def start(self) -> HealthService:
         self.prober.start()
