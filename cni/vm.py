@@ -18,12 +18,14 @@ the API server is unreachable.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from cni import errors
 from cni.errors import CNIError
@@ -108,27 +110,21 @@ def find_target(*, kubeconfig: str | None, namespace: str, pod_name: str, timeou
             errors.INVALID_CONFIG, "failed to load the Kubernetes client", str(exc)
         ) from exc
     deadline = time.monotonic() + timeout
-    pod = runner_pod(_until(deadline, lambda: _read_pod(client, namespace, pod_name), pod_name))
+    pod = runner_pod(
+        _until(deadline, lambda: _read_pod(client, namespace, pod_name, deadline), pod_name)
+    )
     vm_key = f"{namespace}/{pod.vm_name}"
-    objects = kube.CustomObjects(client)
+    vm_path = (
+        f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.VM_PLURAL}/{pod.vm_name}"
+    )
     state: dict[str, Any] = {"vm": None, "error": None}
 
     def vm_with_network() -> api.VirtualMachine | None:
         try:
-            obj = kube.call(
-                objects.api.get_namespaced_custom_object,
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                api.VM_PLURAL,
-                pod.vm_name,
-                _request_timeout=_request_timeout(deadline),
-            )
+            obj = get_json(client, vm_path, timeout=_request_timeout(deadline))
         except kube.NotFound as exc:
             state["error"] = exc
             return None
-        if not isinstance(obj, dict):
-            raise kube.KubeError(f"unexpected API answer for {vm_key}: {type(obj).__name__}")
         state["vm"] = vm = api.VirtualMachine.from_obj(obj)
         return vm if vm.network is not None else None
 
@@ -150,17 +146,48 @@ def find_target(*, kubeconfig: str | None, namespace: str, pod_name: str, timeou
     return Target(pod=pod, vm=vm, network=vm.network)
 
 
-def _read_pod(client: k8s.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    core = k8s.CoreV1Api(client)
+def _read_pod(client: k8s.ApiClient, namespace: str, name: str, deadline: float) -> dict[str, Any]:
+    path = f"/api/v1/namespaces/{namespace}/pods/{name}"
     try:
-        pod = kube.call(core.read_namespaced_pod, name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        return get_json(client, path, timeout=_request_timeout(deadline))
     except kube.NotFound as exc:
         raise CNIError(
             errors.NOT_A_VM_POD,
             f"pod {namespace}/{name} does not exist",
             "K8S_POD_NAMESPACE/K8S_POD_NAME in CNI_ARGS name a pod the API does not know",
         ) from exc
-    return kube.to_dict(client, pod)
+
+
+def get_json(
+    client: k8s.ApiClient, path: str, *, timeout: float = REQUEST_TIMEOUT
+) -> dict[str, Any]:
+    """GET ``path`` as a plain dict, errors translated by :mod:`vmoverlay.kube`.
+
+    Through the client's REST layer (its configuration, TLS and token), but without
+    its typed API classes: importing ``CoreV1Api`` and the pod model costs a second
+    or more per plugin run, which every pod start would pay.
+    """
+    conf = client.configuration
+    headers = {"Accept": "application/json", **client.default_headers}
+    for auth in conf.auth_settings().values():
+        if auth.get("in") == "header" and auth.get("value"):
+            headers[auth["key"]] = auth["value"]
+    with kube.api_errors():
+        resp = client.rest_client.request(
+            "GET", conf.host + path, headers=headers, _request_timeout=timeout
+        )
+        data = resp.read() if resp.data is None else resp.data
+        if not 200 <= resp.status < 300:
+            exc = ApiException(status=resp.status, reason=resp.reason)
+            exc.body = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+            raise exc
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise kube.KubeError(f"GET {path}: the API answered no JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise kube.KubeError(f"GET {path}: the API answered {type(obj).__name__}, not an object")
+    return obj
 
 
 def _request_timeout(deadline: float) -> float:

@@ -26,6 +26,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from e2e.apiserver.server import kubeconfig_text
 from tests.cni.conftest import Cluster
@@ -51,8 +52,8 @@ def make_vm(cluster: Cluster, name: str, ip: str, *, network: bool = True) -> ap
     return net
 
 
-def vm_pod(cluster: Cluster, pod: str, vm: str, **annotations: str) -> None:
-    cluster.api.create_pod(NS, pod, annotations={api.VM_ANNOTATION: vm, **annotations})
+def vm_pod(cluster: Cluster, pod: str, vm: str, **annotations: str) -> dict[str, Any]:
+    return cluster.api.create_pod(NS, pod, annotations={api.VM_ANNOTATION: vm, **annotations})
 
 
 def test_add_check_del(cluster: Cluster) -> None:
