@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from vmoverlay import api
+from vmoverlay import __version__, api
 from vmoverlay.logs import StructLogger
 
 T = TypeVar("T")
@@ -127,10 +128,13 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
 
 
-def load_client(kubeconfig: str | None = None) -> k8s.ApiClient:
+def load_client(kubeconfig: str | None = None, *, user_agent: str | None = None) -> k8s.ApiClient:
     """An ApiClient from ``kubeconfig``, else ``$KUBECONFIG``, else in-cluster config.
 
-    Raises :class:`KubeError` with what to do when none of them is usable.
+    Requests carry ``user_agent``, by default :func:`default_user_agent`, so API
+    server logs (and the lab server's audit, which the RBAC test reads) tell the
+    components apart. Raises :class:`KubeError` with what to do when no
+    configuration is usable.
     """
     path = kubeconfig or os.environ.get("KUBECONFIG")
     configuration = k8s.Configuration()
@@ -150,7 +154,19 @@ def load_client(kubeconfig: str | None = None) -> k8s.ApiClient:
         ) from exc
     # Fail fast instead of hanging on a dead API server; callers retry.
     configuration.retries = 0
-    return k8s.ApiClient(configuration)
+    client = k8s.ApiClient(configuration)
+    client.user_agent = user_agent or default_user_agent()
+    return client
+
+
+def default_user_agent() -> str:
+    """``vmoverlay/<program> <version>``, the program being the running command's name.
+
+    ``vxlan-manager``, ``ipam-controller`` and ``vmoverlay-cni`` so identify
+    themselves with no code of their own.
+    """
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return f"vmoverlay/{program or 'python'} {__version__}"
 
 
 def to_dict(client: k8s.ApiClient, obj: Any) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """RBAC matches use: each component's roles grant exactly the calls its code makes.
 
-The components do not identify themselves by User-Agent yet, so the table of
-calls below is kept by hand from reading the code (vxlan_manager/agent.py and
-health/cli.py; cni/vm.py; ipam/store.py, informer.py, leader.py), and the IPAM
-controller, which runs without root, is also checked live against the lab API
-server's audit log.
+The table of calls below is kept by hand from reading the code
+(vxlan_manager/agent.py and health/cli.py; cni/vm.py; ipam/store.py,
+informer.py, leader.py). The IPAM controller, which runs without root, is also
+checked live against the lab API server's audit log, where it is told apart by
+the User-Agent vmoverlay.kube.load_client gives every program
+("vmoverlay/ipam-controller 0.1.0").
 
 Scenarios:
 - no rule uses a wildcard or a non-resource URL;
@@ -216,7 +217,8 @@ def test_live_ipam_calls_are_in_the_table_and_granted(
     custom.create(api.VM_PLURAL, vm, "vmo-rbac")
 
     log = (tmp_path / "ipam.log").open("wb")
-    controller = [sys.executable, "-m", "ipam.cli", "run", "--kubeconfig", lab_api.kubeconfig]
+    program = Path(sys.executable).parent / "ipam-controller"  # the console script
+    controller = [str(program), "run", "--kubeconfig", lab_api.kubeconfig]
     controller += ["--lease-namespace", NAMESPACE, "--metrics-addr", "127.0.0.1:0"]
     proc = subprocess.Popen(controller, stdout=log, stderr=log)
     try:
@@ -244,8 +246,8 @@ def test_live_ipam_calls_are_in_the_table_and_granted(
                 proc.wait()
             log.close()
 
-    mine = ("vmoverlay-tests-rbac", "lab-fixture")
-    records = [r for r in lab_api.audit() if r["resource"] and not r["userAgent"].startswith(mine)]
+    # vmoverlay.kube.load_client names the program in the User-Agent.
+    records = [r for r in lab_api.audit(user_agent="vmoverlay/ipam-controller ") if r["resource"]]
     assert records, "the audit log recorded no call of the controller"
     used = set()
     for r in records:
