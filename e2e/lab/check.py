@@ -33,6 +33,7 @@ from e2e.lab import status
 from vmoverlay.kube import KubeError
 from vmoverlay.logs import add_logging_args, setup_logging
 from vxlan_manager.health import cli as health_cli
+from vxlan_manager.health.checks import diagnose_cluster
 from vxlan_manager.health.findings import Finding, Report, Severity, render_table
 
 T = TypeVar("T")
@@ -132,6 +133,7 @@ def lab_report(lab: LabInfo, *, timeout: float = 20.0) -> Report:
             report.extend(one)
         else:
             report.findings.append(one)
+    report.findings.extend(diagnose_cluster(report.probes))
     return report
 
 

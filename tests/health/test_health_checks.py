@@ -294,3 +294,30 @@ def test_exit_code_is_worst_severity() -> None:
     assert exit_code([]) == 0
     assert exit_code([deg]) == 1
     assert exit_code([deg, brk, deg]) == 2
+
+
+def pair(src: str, dst: str, *, up: bool = True, mtu: bool | None = True) -> ProbeResult:
+    return ProbeResult(src, dst, "x", up, 0.001 if up else None, mtu if up else None, 1450)
+
+
+def mesh(**faults: str) -> list[ProbeResult]:
+    """Full mesh of a..d; faults: node -> 'down' | 'mtu' (every pair through it)."""
+    out = []
+    for s in "abcd":
+        for d in "abcd":
+            if s != d:
+                kind = faults.get(s) or faults.get(d)
+                out.append(pair(s, d, up=kind != "down", mtu=kind != "mtu"))
+    return out
+
+
+def test_cluster_diagnosis_points_at_the_common_node() -> None:
+    assert checks.diagnose_cluster(mesh()) == []
+    f = only(checks.diagnose_cluster(mesh(c="down")))
+    assert (f.severity, f.node, f.property) == (Severity.BROKEN, "c", "cluster.isolated")
+    f = only(checks.diagnose_cluster(mesh(b="mtu")))
+    assert (f.node, f.property) == ("b", "cluster.mtu")
+    # One broken pair localises nothing; everything down localises nothing either.
+    one = [p if (p.node, p.peer) != ("a", "b") else pair("a", "b", up=False) for p in mesh()]
+    assert checks.diagnose_cluster(one) == []
+    assert checks.diagnose_cluster(mesh(a="down", b="down", c="down", d="down")) == []

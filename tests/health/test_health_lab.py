@@ -8,9 +8,10 @@ Scenarios:
 - each fault is detected by `vmoverlay-lab check` and named (node, peer, property) with the
   right exit code, and after its removal the check is healthy again within one probe period
   (plus the probe timeout and the check's own run time):
-  drop VXLAN UDP on n3 (every pair with n3 unreachable, 2), lower n3's underlay MTU
-  (underlay.mtu on n3 and probe.mtu toward n3, 2), delete n1's entry toward n2 (fdb.peer, 2),
-  change n4's VNI (vxlan.vni, 2), stop n2's agent (agent.health, 1);
+  drop VXLAN UDP on n3 (every pair with n3 unreachable, n3 cut off, 2), lower n3's underlay
+  MTU (underlay.mtu on n3, probe.mtu toward n3, the MTU localised on n3, 2), delete n1's
+  entry toward n2 (fdb.peer, 2), change n4's VNI (vxlan.vni, n4 cut off, 2), stop n2's
+  agent (agent.health, 1);
 - `vmoverlay-lab bench throughput` measures both paths and a ratio (1 s runs).
 """
 
@@ -103,17 +104,19 @@ FAULTS = [
         None,
         2,
         {("n1", "n3", "probe.reachable"), ("n2", "n3", "probe.reachable")}
-        | {("n4", "n3", "probe.reachable"), ("n3", "n1", "probe.reachable")},
+        | {("n4", "n3", "probe.reachable"), ("n3", "n1", "probe.reachable")}
+        | {("n3", None, "cluster.isolated")},
     ),
     (
         "mtu",
         "n3",
         None,
         2,
-        {("n3", None, "underlay.mtu"), ("n1", "n3", "probe.mtu"), ("n3", "n2", "probe.mtu")},
+        {("n3", None, "underlay.mtu"), ("n1", "n3", "probe.mtu"), ("n3", "n2", "probe.mtu")}
+        | {("n3", None, "cluster.mtu")},
     ),
     ("fdb", "n1", "n2", 2, {("n1", "n2", "fdb.peer")}),
-    ("vni", "n4", None, 2, {("n4", None, "vxlan.vni")}),
+    ("vni", "n4", None, 2, {("n4", None, "vxlan.vni"), ("n4", None, "cluster.isolated")}),
     ("stop-agent", "n2", None, 1, {("n2", None, "agent.health")}),
 ]
 

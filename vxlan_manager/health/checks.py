@@ -522,3 +522,51 @@ def _show(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
+
+
+# ---- cluster-wide localisation -------------------------------------------------------
+
+
+def diagnose_cluster(probes: Sequence[ProbeResult]) -> list[Finding]:
+    """Point at the node a pattern of probe failures has in common.
+
+    A node that nothing reaches and that reaches nothing, while other pairs do
+    reach each other, is cut off (its underlay link, device or firewall). A node
+    on every pair whose full-size probes are lost, while full-size probes pass
+    elsewhere, has the small MTU on its path. Needs results from both ends, so
+    it runs on the cluster report.
+    """
+    nodes = sorted({p.node for p in probes} | {p.peer for p in probes})
+    out = []
+    for node in nodes:
+        mine = [p for p in probes if node in (p.node, p.peer)]
+        others = [p for p in probes if node not in (p.node, p.peer)]
+        if len(mine) < 2 or not others:
+            continue
+        if not any(p.reachable for p in mine) and any(p.reachable for p in others):
+            out.append(
+                Finding(
+                    BROKEN,
+                    node,
+                    "cluster.isolated",
+                    f"{node} is cut off: no probe to or from it passes across the overlay, "
+                    "while the other nodes reach each other",
+                    f"look at {node} itself: its underlay link, its VXLAN device (VNI, port, "
+                    "up) and any firewall on the VXLAN UDP port",
+                )
+            )
+            continue
+        mine_up = [p for p in mine if p.reachable]
+        if mine_up and all(p.mtu_ok is False for p in mine_up) and any(p.mtu_ok for p in others):
+            out.append(
+                Finding(
+                    BROKEN,
+                    node,
+                    "cluster.mtu",
+                    f"full-size probes fail on every path through {node} and pass elsewhere: "
+                    f"the small MTU is on {node}'s side",
+                    f"check the MTU of {node}'s underlay link (overlay MTU + 50 for IPv4, "
+                    "+ 70 for IPv6)",
+                )
+            )
+    return out

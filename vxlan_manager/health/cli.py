@@ -33,7 +33,7 @@ from vmoverlay import api, kube
 from vmoverlay.logs import add_logging_args, get_logger, setup_logging
 from vmoverlay.metrics import parse_listen
 from vxlan_manager.config import AgentConfig, ConfigError, load_config
-from vxlan_manager.health.checks import check_duplicate_vteps, check_node
+from vxlan_manager.health.checks import check_duplicate_vteps, check_node, diagnose_cluster
 from vxlan_manager.health.findings import Finding, Report, Severity, render_table
 from vxlan_manager.health.observe import observe_node
 
@@ -158,7 +158,8 @@ def agent_url(metrics_addr: str) -> str:
 def cluster_report(args: argparse.Namespace) -> Report:
     client = kube.load_client(args.kubeconfig)
     nodes = list_nodes(client)
-    report = Report(scope="cluster", nodes=[n.name for n in nodes], checks=["agents"])
+    checks = ["agents", "cluster.localisation"]
+    report = Report(scope="cluster", nodes=[n.name for n in nodes], checks=checks)
     report.findings.extend(check_duplicate_vteps(nodes))
     for node in nodes:
         address = node.internal_ip or node.vtep_ip
@@ -171,6 +172,7 @@ def cluster_report(args: argparse.Namespace) -> Report:
         except CheckError as exc:
             report.findings.append(agent_unreachable(node.name, str(exc)))
     _dedupe_vtep_findings(report)
+    report.findings.extend(diagnose_cluster(report.probes))
     return report
 
 
