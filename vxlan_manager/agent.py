@@ -48,6 +48,7 @@ from vxlan_manager.netlink import Collision, Kernel, NetlinkFailure
 from vxlan_manager.state import StateError
 
 WATCH_TIMEOUT = 300  # seconds a watch request stays open before we resume it
+WATCH_BACKOFF_CAP = 10.0  # longest wait between two tries while the API is away
 COMPONENT = "vxlan-manager"
 
 
@@ -391,13 +392,13 @@ class Agent:
         )
 
     def _watch_loop(self, resource: str, lister: Callable[..., Any]) -> None:
-        delays = kube.backoff_delays(base=0.2, cap=30.0)
+        delays = kube.backoff_delays(base=0.2, cap=WATCH_BACKOFF_CAP)
         rv: str | None = None
         while not self._stop.is_set():
             try:
                 if rv is None:
                     rv = self._relist(resource, lister)
-                    delays = kube.backoff_delays(base=0.2, cap=30.0)
+                    delays = kube.backoff_delays(base=0.2, cap=WATCH_BACKOFF_CAP)
                 rv = self._stream(resource, lister, rv)
                 self.metrics.watch_restarts.labels(resource=resource, reason="ended").inc()
             except kube.Gone:

@@ -64,29 +64,55 @@ class Cluster:
         )
         self.kubeconfig = tmp / "kubeconfig"
         self.api_log = (tmp / "apiserver.log").open("wb")
-        self.api_proc = run.popen(
-            self.fab.fabric,
-            [
-                str(BIN / "vmoverlay-lab"),
-                "apiserver",
-                "--address",
-                API_ADDRESS,
-                "--port",
-                "0",
-                "--kubeconfig-out",
-                str(self.kubeconfig),
-                "--log-format",
-                "text",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self.api_log,
-            start_new_session=True,
-        )
+        self.api_proc = self._start_api("0")
         self.url = self._read_url()
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.client: k8s.ApiClient = self.call(load_client, str(self.kubeconfig))
         self.call(self._apply_crds)
         self.call(lambda: k8s.CoreV1Api(self.client).create_namespace({"metadata": {"name": "db"}}))
+
+    def _start_api(self, port: str) -> subprocess.Popen[bytes]:
+        argv = [
+            str(BIN / "vmoverlay-lab"),
+            "apiserver",
+            "--address",
+            API_ADDRESS,
+            "--port",
+            port,
+            "--data-dir",
+            str(self.tmp / "api-data"),
+            "--kubeconfig-out",
+            str(self.kubeconfig),
+            "--log-format",
+            "text",
+        ]
+        return self.run.popen(
+            self.fab.fabric,
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=self.api_log,
+            start_new_session=True,
+        )
+
+    def restart_api(self, down: float) -> None:
+        """Kill the API server (a crash), keep it away ``down`` s, start it on the same URL."""
+        os.killpg(self.api_proc.pid, signal.SIGKILL)
+        self.api_proc.wait(timeout=10)
+        self._stop_api()
+        time.sleep(down)
+        self.api_proc = self._start_api(self.url.rsplit(":", 1)[1])
+        assert self._read_url() == self.url
+
+    def _stop_api(self) -> None:
+        if self.api_proc.poll() is None:
+            os.killpg(self.api_proc.pid, signal.SIGTERM)
+            try:
+                self.api_proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.api_proc.pid, signal.SIGKILL)
+                self.api_proc.wait(timeout=10)
+        if self.api_proc.stdout is not None:
+            self.api_proc.stdout.close()
 
     def _read_url(self) -> str:
         assert self.api_proc.stdout is not None
@@ -254,15 +280,7 @@ class Cluster:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=10)
-        if self.api_proc.poll() is None:
-            os.killpg(self.api_proc.pid, signal.SIGTERM)
-            try:
-                self.api_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.api_proc.pid, signal.SIGKILL)
-                self.api_proc.wait(timeout=10)
-        if self.api_proc.stdout is not None:
-            self.api_proc.stdout.close()
+        self._stop_api()
         self.api_log.close()
         self.pool.shutdown(wait=False)
 

@@ -14,7 +14,9 @@ Scenarios:
   flannel.1 and creates nothing;
 - C11 restarts: kill -9 / SIGTERM the agent five times while a VM pings across nodes:
   same ifindex, no FDB change seen by a netlink monitor, no lost probe;
-- API away: the lab API stops; entries stay; a change made after it returns is applied.
+- API away: the lab API hangs (SIGSTOP), then goes down for 3 s and comes back: entries
+  stay, the watches retry and relist, a change made after it returns is applied;
+- teardown (CLI, in a node namespace) removes only the agent's devices and state.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pytest
 from e2e.netns import RunNamespaces
 from vxlan_manager.desired import ZERO_MAC
 
-from .cluster import Cluster
+from .cluster import BIN, Cluster
 from .topo import fdb, link_json, ping, vxlan_info, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -248,6 +250,50 @@ def test_restarts_keep_data_plane_untouched(cluster: Cluster) -> None:
     assert sent > 100 and received == sent, summary
 
 
+def test_teardown_removes_only_what_we_own(cluster: Cluster) -> None:
+    c = cluster
+    run = c.run
+    na = c.nodes["na"]
+    run.check(
+        na.ns,
+        [
+            "ip",
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "dstport",
+            "8472",
+            "local",
+            na.ip,
+        ],
+    )
+    c.start_agent("na")
+    c.wait_ready("na")
+    c.stop_agent("na")
+    assert link_json(run, na.ns, "vmo-vx0") is not None  # SIGTERM left the data plane up
+    argv = [
+        str(BIN / "vxlan-manager"),
+        "teardown",
+        "--node",
+        "na",
+        "--state-dir",
+        str(c.tmp / "state"),
+    ]
+    out = run.check(na.ns, argv)
+    assert "removed: vmo-vx0, vmo-br0" in out
+    assert link_json(run, na.ns, "vmo-vx0") is None and link_json(run, na.ns, "vmo-br0") is None
+    assert link_json(run, na.ns, "flannel.1") is not None
+    assert not (c.tmp / "state" / "agent-na.json").exists()
+    # A bridge of that name that we did not make is left alone.
+    run.check(na.ns, ["ip", "link", "add", "vmo-br0", "type", "bridge"])
+    assert "nothing" in run.check(na.ns, argv)
+    assert link_json(run, na.ns, "vmo-br0") is not None
+
+
 def test_api_away_keeps_entries_and_resyncs(cluster: Cluster) -> None:
     c = cluster
     run = c.run
@@ -261,9 +307,15 @@ def test_api_away_keeps_entries_and_resyncs(cluster: Cluster) -> None:
         assert fdb(run, na.ns) == before
     finally:
         c.api_proc.send_signal(signal.SIGCONT)
+    # The API server goes away for 3 s and comes back (objects kept): entries stay
+    # meanwhile, the watches retry with back-off, relist, and a new change lands.
+    c.restart_api(down=3)
+    assert fdb(run, na.ns) == before
     c.delete_node("nb")
     wait_for(
         lambda: (ZERO_MAC, c.nodes["nb"].ip) not in fdb(run, na.ns),
         timeout=15,
         what="change applied after the API returned",
     )
+    assert c.metric("na", "vmoverlay_agent_watch_restarts_total") >= 2
+    assert ping(run, c.nodes["na"].ns, c.nodes["nc"].ip).returncode == 0
