@@ -127,11 +127,21 @@ def method_not_allowed(message: str) -> ApiError:
     return ApiError(405, "MethodNotAllowed", message)
 
 
-def unsupported_media_type(content_type: str) -> ApiError:
+PATCH_TYPES = (
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+)
+BODY_TYPES = ("application/json", "application/yaml")
+
+
+def unsupported_media_type(content_type: str, accepted: tuple[str, ...] = PATCH_TYPES) -> ApiError:
+    """415; the lab server reads JSON and YAML bodies only (no protobuf)."""
     return ApiError(
         415,
         "UnsupportedMediaType",
-        f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json; got {content_type}",
+        "the body of the request was in an unknown format - accepted media types include: "
+        f"{', '.join(accepted)} (got {content_type})",
     )
 
 

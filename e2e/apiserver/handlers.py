@@ -266,7 +266,8 @@ class ResourceHandlers:
         raw = b"".join(chunks)
         content_type = request.content_type
         if "protobuf" in content_type:
-            raise errors.unsupported_media_type(content_type)
+            # Limitation: no protobuf; kubectl's imperative create commands send it.
+            raise errors.unsupported_media_type(content_type, errors.BODY_TYPES)
         try:
             if "yaml" in content_type and "apply-patch" not in content_type:
                 return yaml.safe_load(raw.decode())

@@ -66,6 +66,7 @@ from e2e.apiserver.validation import (
     prune_and_default,
     validate_metadata,
     validate_name,
+    validate_pod,
     validate_schema,
 )
 from vmoverlay.logs import get_logger
@@ -304,7 +305,7 @@ class ObjectApi:
         candidate = _merge_for_update(rtype, old, new, subresource)
         candidate["apiVersion"], candidate["kind"] = rtype.api_version, rtype.kind
         _check_new_finalizers(rtype, old, candidate)
-        self._admit(rtype, candidate, strict=strict)
+        self._admit(rtype, candidate, strict=strict, old=old)
         if _spec_part(rtype, old) != _spec_part(rtype, candidate):
             candidate["metadata"]["generation"] = int(meta(old).get("generation") or 1) + 1
         if rtype.key == CRD_KEY:
@@ -459,7 +460,14 @@ class ObjectApi:
             )
         m["namespace"] = namespace or m.get("namespace") or "default"
 
-    def _admit(self, rtype: ResourceType, obj: dict[str, Any], *, strict: bool = False) -> None:
+    def _admit(
+        self,
+        rtype: ResourceType,
+        obj: dict[str, Any],
+        *,
+        strict: bool = False,
+        old: dict[str, Any] | None = None,
+    ) -> None:
         """Validate metadata; prune, default and validate a custom resource against its schema.
 
         ``strict`` is ``fieldValidation=Strict``: unknown fields are refused (400) instead of
@@ -467,6 +475,8 @@ class ObjectApi:
         """
         name = str(meta(obj).get("name", ""))
         causes = validate_metadata(meta(obj))
+        if rtype.key == "/pods":
+            causes += validate_pod(obj, old)
         if rtype.schema is not None:
             pruned = prune_and_default(rtype.schema, obj)
             if strict and pruned:

@@ -345,3 +345,51 @@ def _check_array(schema: dict[str, Any], value: list[Any], path: str, causes: li
     if isinstance(items, dict):
         for i, item in enumerate(value):
             _check(items, item, f"{path}[{i}]", causes)
+
+
+# Built-in types: the few checks a real server makes that product code could trip on.
+
+_POD_MUTABLE = ("activeDeadlineSeconds", "tolerations")
+
+
+def validate_pod(pod: dict[str, Any], old: dict[str, Any] | None) -> list[Cause]:
+    """Containers with names and images; on update, a spec that only changes mutable fields.
+
+    # Limitation: the real server checks much more (and fills defaults such as
+    # restartPolicy); this catches what a VM controller stand-in could get wrong.
+    """
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return [("spec", "FieldValueRequired", "spec: Required value")]
+    causes: list[Cause] = []
+    containers = spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        causes.append(("spec.containers", "FieldValueRequired", "spec.containers: Required value"))
+    else:
+        for i, container in enumerate(containers):
+            for key in ("name", "image"):
+                if not isinstance(container, dict) or not container.get(key):
+                    field = f"spec.containers[{i}].{key}"
+                    causes.append((field, "FieldValueRequired", f"{field}: Required value"))
+    if old is not None and _pod_spec_frozen(spec) != _pod_spec_frozen(old.get("spec") or {}):
+        causes.append(
+            (
+                "spec",
+                "FieldValueForbidden",
+                "spec: Forbidden: pod updates may not change fields other than "
+                "`spec.containers[*].image`, `spec.initContainers[*].image`, "
+                "`spec.activeDeadlineSeconds` or `spec.tolerations` (only additions)",
+            )
+        )
+    return causes
+
+
+def _pod_spec_frozen(spec: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in spec.items() if k not in _POD_MUTABLE}
+    for key in ("containers", "initContainers"):
+        if isinstance(out.get(key), list):
+            out[key] = [
+                {k: v for k, v in c.items() if k != "image"} if isinstance(c, dict) else c
+                for c in out[key]
+            ]
+    return out

@@ -6,6 +6,8 @@ Scenarios:
   404, a missing name 422, a name differing from the URL 400, a missing
   namespace 404, a strategic merge patch on a custom resource 415, PUT without a
   name 405;
+- Pods need containers with names and images, and their spec cannot change
+  except images (422);
 - core types through the official client: Node create keeps status, strategic
   merge of Node labels and status conditions (by type), Pod field selector
   spec.nodeName, Leases (CoordinationV1Api), events.k8s.io Events (EventsV1Api);
@@ -597,3 +599,24 @@ def test_cut_watches_reset_breaks_stream(lab_api_module: LabApi) -> None:
     assert lab.cut_watches(reset=True) >= 1
     thread.join(timeout=10)
     assert len(errors) == 1
+
+
+def test_pod_validation(lab_api_module: LabApi) -> None:
+    lab = lab_api_module
+    core = k8s.CoreV1Api(lab.client())
+    for spec, field in (
+        ({}, "spec.containers: Required value"),
+        ({"containers": [{"name": "c"}]}, "spec.containers[0].image: Required value"),
+    ):
+        body = json.dumps({"metadata": {"name": "badpod"}, "spec": spec}).encode()
+        status, answer = raw(lab, "POST", "/api/v1/namespaces/default/pods", body)
+        assert status == 422 and field in answer["message"]
+    body = {"metadata": {"name": "pv"}, "spec": {"containers": [{"name": "c", "image": "a"}]}}
+    core.create_namespaced_pod("default", body)
+    patched = core.patch_namespaced_pod(
+        "pv", "default", {"spec": {"containers": [{"name": "c", "image": "b"}]}}
+    )
+    assert patched.spec.containers[0].image == "b"
+    with pytest.raises(ApiException) as err:
+        core.patch_namespaced_pod("pv", "default", {"spec": {"nodeName": "elsewhere"}})
+    assert err.value.status == 422 and "pod updates may not change" in err.value.body
