@@ -18,6 +18,11 @@ own rules and nobody else's, and GC finds orphans by listing the chains. Every
 change is one JSON transaction through libnftables (Debian's python3-nftables),
 so a port is never half filtered.
 
+Limitations: IPv6 neighbour advertisements are checked by source address only,
+not by the target address they announce; the gate opens on any RARP from the
+VM's MAC on that port, so a runner that forges one opens its own gate early
+(the anti-spoofing rules still hold); pod-mode ports are never gated.
+
 The migration gate (``vm-l2`` mode, migration-target pods): until switch-over
 the target pod must not send any frame with the VM's MAC, or every bridge and
 VTEP would learn the VM at the target while it still runs at the source. The
@@ -83,16 +88,24 @@ def ensure_port(policy: PortPolicy, *, reset_gate: bool) -> None:
 
     ``reset_gate`` forgets an earlier announce on this port name (a new link).
     """
-    state = table_state()
-    if reset_gate and state is not None and policy.port in state.open:
-        _run([_delete_open_element(policy.port)], what=f"reset the gate of port {policy.port}")
-    # The kernel marks the gate set dynamic once a rule adds to it; adding it again
-    # without that flag (which libnftables' JSON cannot express) fails, so only once.
-    with_set = state is None or not state.has_open_set
-    _run(
-        port_commands(policy, with_open_set=with_set),
-        what=f"install anti-spoofing rules for port {policy.port}",
-    )
+    for attempt in (1, 2):
+        state = table_state()
+        if reset_gate and state is not None and policy.port in state.open:
+            _run([_delete_open_element(policy.port)], what=f"reset the gate of port {policy.port}")
+        # The kernel marks the gate set dynamic once a rule adds to it; adding it again
+        # without that flag (which libnftables' JSON cannot express) fails, so only once.
+        # A concurrent ADD may create it between our look and our write: look again.
+        with_set = state is None or not state.has_open_set
+        try:
+            _run(
+                port_commands(policy, with_open_set=with_set),
+                what=f"install anti-spoofing rules for port {policy.port}",
+            )
+            break
+        except CNIError as exc:
+            if attempt == 2 or not with_set:
+                raise
+            log.warning("nftables table changed meanwhile, will retry", port=policy.port, error=exc)
     log.debug("port rules installed", port=policy.port, mac=policy.mac, gate=policy.gate)
 
 
@@ -271,6 +284,7 @@ def port_rules(policy: PortPolicy) -> list[list[dict[str, Any]]]:
     if policy.anti_spoof:
         rules.append([_match(_payload("ether", "saddr"), policy.mac, "!="), _counter(), _drop()])
     if policy.gate:
+        # Limitation: any RARP from the VM's MAC opens the gate, also one the runner forges.
         from_vm = _match(_payload("ether", "saddr"), policy.mac)
         rarp = _match(_payload("ether", "type"), ETHERTYPE_RARP)
         add_open = {"set": {"op": "add", "elem": _meta("iifname"), "set": f"@{OPEN_SET}"}}
@@ -305,6 +319,7 @@ def _allowed_traffic(policy: PortPolicy) -> list[list[dict[str, Any]]]:
         ]
     )
     # IPv6: the VM's own address, link-local (ND, MLD) and :: (duplicate address detection).
+    # Limitation: the target address inside a neighbour advertisement is not checked.
     allowed6: list[Any] = [*v6, "::", {"prefix": {"addr": "fe80::", "len": 10}}]
     rules.append([_match(_payload("ip6", "saddr"), {"set": allowed6}), _accept()])
     rules.append([_match(_payload("ether", "type"), ETHERTYPE_RARP), _accept()])

@@ -97,7 +97,7 @@ def test_forged_frames_get_nothing_through(cluster: Cluster) -> None:
         frame("ip", a_mac, dst_mac=b_mac, src_ip="198.19.0.99", dst_ip="198.19.0.21"),
         frame("ip", "0a:00:00:00:00:99", dst_mac=b_mac, src_ip="198.19.0.20", dst_ip="198.19.0.21"),
         frame("arp", a_mac, op=2, src_ip="198.19.0.21", dst_ip="198.19.0.21"),
-        frame("ip6", a_mac, src_ip="fd00::99"),
+        frame("ip6", a_mac, src_ip="2001:2::99"),
     ]
     genuine = frame("arp", a_mac, src_ip="198.19.0.20", dst_ip="198.19.0.21")
     before, drops = rx_packets(cluster.run, b_ns, "eth1"), node.port_drops(a_port)

@@ -78,6 +78,8 @@ def test_add_check_del(cluster: Cluster) -> None:
     hostlink = node.link(host["name"])
     assert hostlink["master"] == "vmo-br0" and hostlink["mtu"] == BRIDGE_MTU
     assert hostlink["address"] == host["mac"]
+    stats = json.loads(cluster.run.check(node.ns, ["ip", "-s", "-j", "link", "show", host["name"]]))
+    assert stats[0]["stats64"]["rx"]["packets"] == 0, "the pod's interface sent a frame"
     assert node.port_chains() == [f"port-{host['name']}"]
 
     # CHECK with the previous result passes; ADD again returns the same, makes nothing new.
