@@ -34,7 +34,7 @@ from vmoverlay.logs import get_logger
 
 log = get_logger("cni")
 
-MIGRATION_TARGET_ANNOTATION = f"{api.GROUP}/migration-target"
+MIGRATION_TARGET_ANNOTATION = api.MIGRATION_TARGET_ANNOTATION
 REQUEST_TIMEOUT = 5.0
 POLL_FIRST, POLL_MAX = 0.2, 1.0
 

@@ -18,7 +18,10 @@ Design decisions recorded here because every component depends on them:
 - A Node's VTEP address is its InternalIP unless the annotation
   ``vmoverlay.io/vtep-ip`` overrides it.
 - A runner pod names its VM with the annotation ``vmoverlay.io/vm``
-  (same namespace as the pod).
+  (same namespace as the pod). The target pod of a live migration also carries
+  ``vmoverlay.io/migration-target`` (any non-empty value, for example the
+  migration's name): the CNI plugin gates its port in ``vm-l2`` mode until the
+  guest announces itself at switch-over.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ ALLOCATION_KIND, ALLOCATION_PLURAL = "IPAllocation", "ipallocations"
 
 VTEP_ANNOTATION = f"{GROUP}/vtep-ip"
 VM_ANNOTATION = f"{GROUP}/vm"
+MIGRATION_TARGET_ANNOTATION = f"{GROUP}/migration-target"
 PROBE_IP_ANNOTATION = f"{GROUP}/probe-ip"
 ALLOCATION_POOL_LABEL = f"{GROUP}/pool"
 
