@@ -26,6 +26,7 @@ asks for more rounds if a caller wants them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,15 @@ def migrate(
     poll_interval: float = 0.05,
     max_bandwidth: int = DEFAULT_MAX_BANDWIDTH,
     downtime_limit_ms: int = DEFAULT_DOWNTIME_LIMIT_MS,
+    on_switchover: Callable[[], None] | None = None,
 ) -> MigrationResult:
     """Migrate ``source`` into ``target`` (started by :func:`start_target`); wait for it.
+
+    ``on_switchover``, when given, runs at the start of the stop-and-copy phase:
+    QEMU's ``pause-before-switchover`` capability holds the source there (vCPUs
+    stopped) until the hook returns and ``migrate-continue`` lets it finish, as
+    a VM controller that records the VM's new node at switch-over would. Keep
+    the hook short: its time is downtime.
 
     Returns once QEMU reports ``completed`` and the target runs. Raises
     :class:`MigrationError` carrying QEMU's error when the migration fails, is
@@ -110,13 +118,17 @@ def migrate(
         "migrate-set-parameters",
         {"max-bandwidth": max_bandwidth, "downtime-limit": downtime_limit_ms},
     )
+    pause = {"capability": "pause-before-switchover", "state": on_switchover is not None}
+    source.qmp.execute("migrate-set-capabilities", {"capabilities": [pause]})
     started = time.monotonic()
     log.info("migration started", vm=name, source=source.netns, target=target.netns, uri=uri)
     try:
         source.qmp.migrate(uri)
     except QMPError as exc:
         raise MigrationError(name, "setup", exc.desc) from exc
-    info = _wait_final(source, timeout=timeout, poll_interval=poll_interval)
+    info = _wait_final(
+        source, timeout=timeout, poll_interval=poll_interval, on_switchover=on_switchover
+    )
     wall = time.monotonic() - started
     result = parse_migration(name, info, wall_seconds=wall)
     _wait_running(target, timeout=30.0)
@@ -173,12 +185,24 @@ def _wait_listening(target: QemuVM, uri: str, *, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def _wait_final(source: QemuVM, *, timeout: float, poll_interval: float) -> dict[str, Any]:
+def _wait_final(
+    source: QemuVM,
+    *,
+    timeout: float,
+    poll_interval: float,
+    on_switchover: Callable[[], None] | None,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
+    hook = on_switchover
     while True:
         info = source.qmp.query_migrate()
         if info.get("status") in FINAL_STATES:
             return info
+        if info.get("status") == "pre-switchover" and hook is not None:
+            hook()
+            hook = None  # the state may still read pre-switchover once more
+            source.qmp.execute("migrate-continue", {"state": "pre-switchover"})
+            continue
         if time.monotonic() >= deadline:
             source.qmp.execute("migrate_cancel")
             raise MigrationError(

@@ -14,7 +14,8 @@ Scenarios:
   VMOVERLAY-FAILED line and Postgres' own error among the last serial lines;
 - live migration between two QEMU processes in two runner namespaces on one
   bridge: a migration to a dead target fails with QEMU's error and leaves the
-  source running; the real one completes with QEMU's own figures, pgbench
+  source running; the real one holds at the start of stop-and-copy for a hook
+  (where a VM controller records the new node), completes with QEMU's own figures, pgbench
   clients running through it lose no transaction, the source is gone, and the
   VM answers psql at the same IP with the same MAC, now from the target's port.
 """
@@ -220,12 +221,14 @@ def test_migration_keeps_ip_and_mac(
         time.sleep(3)
         target = start_target(source, image=guest_image, netns=runners["b"], tap="tap0",
                               workdir=workdir / "b")  # fmt: skip
-        result = migrate(source, target)
+        switched: list[float] = []
+        result = migrate(source, target, on_switchover=lambda: switched.append(time.monotonic()))
         source.stop()
         output, _ = bench.communicate(timeout=120)
         print(f"\nmigration: {result.as_dict()}\n{output[-400:]}")
 
         assert result.status == "completed"
+        assert len(switched) == 1  # held at pre-switchover once, then continued
         assert result.total_time_ms > 0 and result.ram_transferred_bytes > 0
         assert not source.alive()
         assert bench.returncode == 0, output
