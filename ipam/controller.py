@@ -211,20 +211,29 @@ class IPAMController:
         self._threads.append(thread)
 
     def rebuild(self) -> None:
-        """Give every VM with a recorded address its allocation back, before serving."""
+        """Give every VM with a recorded address its allocation back, before serving.
+
+        An API outage that outlasts the retries raises: serving without the
+        rebuild could hand a recorded address to a new VM. A VM whose allocation
+        the API refuses (invalid, forbidden) is reported and skipped.
+        """
         restored = 0
         for obj in self.vms.items():
             vm = self._parse_vm(obj)
             if vm is None or vm.network is None:
                 continue
             before = len(self.index)
-            kube.retry(
-                lambda vm=vm, obj=obj: self._ensure_recorded(vm, obj),  # type: ignore[misc]
-                what=f"restore allocation of VM {vm.key}",
-                log=self.log,
-                attempts=5,
-                retry_on=(kube.Unavailable, kube.Conflict),
-            )
+            try:
+                kube.retry(
+                    functools.partial(self._ensure_recorded, vm, obj, conditions=False),
+                    what=f"restore allocation of VM {vm.key}",
+                    log=self.log,
+                    attempts=5,
+                    retry_on=(kube.Unavailable, kube.Conflict),
+                )
+            except (kube.Invalid, kube.Forbidden) as exc:
+                self.metrics.error("rebuild")
+                self.log.error("failed to restore allocation", vm=vm.key, error=str(exc))
             restored += len(self.index) - before
         self.log.info("rebuilt allocations from VM status", restored=restored)
 
@@ -240,6 +249,8 @@ class IPAMController:
             self.queue.add(("vm", object_key(new)))
 
     def _on_pool(self, kind: str, old: Obj | None, new: Obj | None) -> None:
+        if old is not None and new is not None and old.get("spec") == new.get("spec"):
+            return  # a status write (ours, mostly): nothing to re-validate
         self._refresh_pool_checks()
         for obj in self.pools.items():
             self.queue.add(("pool", object_key(obj)))
@@ -373,28 +384,28 @@ class IPAMController:
 
     # A VM that already has an address ---------------------------------------
 
-    def _ensure_recorded(self, vm: api.VirtualMachine, obj: Obj) -> None:
-        """The VM keeps its recorded address: re-create its allocation or report a conflict."""
+    def _ensure_recorded(
+        self, vm: api.VirtualMachine, obj: Obj, *, conditions: bool = True
+    ) -> None:
+        """The VM keeps its recorded address: re-create its allocation or report a conflict.
+
+        With ``conditions=False`` (the rebuild) no status is written; the VM's key is
+        queued anyway and a worker sets its condition.
+        """
         net = vm.network
         assert net is not None
-        try:
-            address = netaddr.IPAddress(net.ip)
-        except (netaddr.AddrFormatError, ValueError):
-            self._report(obj, "InvalidAddress", f"recorded address {net.ip!r} is not an IP")
-            return
-        with self._lock:
-            check = self._checks.get(net.pool)
-        if check is not None and check.layout is not None and not check.layout.contains(address):
-            cidr = check.layout.network.cidr
-            self._report(
-                obj, "AddressOutsidePool", f"address {address} is outside pool {net.pool} ({cidr})"
-            )
+        address, reason, message = self._check_recorded(net)
+        if address is None:
+            if conditions:
+                self._report(obj, reason, message)
             return
 
-        name = api.allocation_name(net.pool, str(address))
-        held = self.index.get(name) or self._restore_allocation(vm, net.pool, str(address))
+        name = api.allocation_name(net.pool, address)
+        held = self.index.get(name) or self._restore_allocation(vm, net.pool, address)
         if held is None:
             raise kube.Conflict(f"allocation {name} vanished while restoring it; retrying")
+        if not conditions:
+            return
         if held.alloc.vm.uid != vm.uid:
             self._report_address_conflict(vm, obj, held)
             return
@@ -402,6 +413,21 @@ class IPAMController:
             self._set_condition(
                 obj, True, "Allocated", _allocated_message(net.ip, net.prefix, net.pool)
             )
+
+    def _check_recorded(self, net: api.VMNetwork) -> tuple[str | None, str, str]:
+        """(canonical address, "", "") when the recorded address is plausible, else
+        (None, reason, message)."""
+        try:
+            address = netaddr.IPAddress(net.ip)
+        except (netaddr.AddrFormatError, ValueError):
+            return None, "InvalidAddress", f"recorded address {net.ip!r} is not an IP address"
+        with self._lock:
+            check = self._checks.get(net.pool)
+        if check is not None and check.layout is not None and not check.layout.contains(address):
+            cidr = check.layout.network.cidr
+            message = f"address {address} is outside pool {net.pool} ({cidr})"
+            return None, "AddressOutsidePool", message
+        return str(address), "", ""
 
     def _restore_allocation(self, vm: api.VirtualMachine, pool: str, ip: str) -> Held | None:
         try:

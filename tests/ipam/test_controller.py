@@ -343,3 +343,17 @@ def test_c04_create_delete_cycles_with_injected_failures_leak_nothing(
     injected = lab_api.stats()["faults"]["injected"]
     assert injected >= faults * 0.8, (injected, faults)
     assert lab.vms() == []
+
+
+def test_recorded_address_outside_its_pool_is_reported_not_changed(
+    lab_api: LabApi, lab: Lab
+) -> None:
+    lab.create_pool("default", "198.19.0.0/24", default=True)
+    net = {"ip": "198.19.7.7", "prefix": 24, "mac": "0a:00:00:00:00:07", "pool": "default"}
+    lab.create_vm("stray", status={"network": net})
+    with controller(lab_api):
+        cond = wait_for("outside condition", lambda: lab.condition("stray"))
+        assert cond["reason"] == "AddressOutsidePool"
+        assert cond["message"] == "address 198.19.7.7 is outside pool default (198.19.0.0/24)"
+        assert lab.network("stray") == net
+        assert lab.allocations() == []
