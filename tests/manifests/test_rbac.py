@@ -2,10 +2,11 @@
 
 The table of calls below is kept by hand from reading the code
 (vxlan_manager/agent.py and health/cli.py; cni/vm.py; ipam/store.py,
-informer.py, leader.py). The IPAM controller, which runs without root, is also
-checked live against the lab API server's audit log, where it is told apart by
-the User-Agent vmoverlay.kube.load_client gives every program
-("vmoverlay/ipam-controller 0.1.0").
+informer.py, leader.py). The IPAM controller and the node agent are also
+checked live against the lab API server's audit log, where each is told apart
+by the User-Agent vmoverlay.kube.load_client gives every program
+("vmoverlay/ipam-controller 0.1.0", "vmoverlay/vxlan-manager 0.1.0"). The CNI
+plugin is checked by the table only.
 
 Scenarios:
 - no rule uses a wildcard or a non-resource URL;
@@ -17,6 +18,8 @@ Scenarios:
   role is bound to the agent's ServiceAccount (the plugin runs with the token
   the agent's init container installs), and that account holds nothing else;
 - the Lease rule names the controller's Lease (get/update) and creates only;
+- live (root): two real node agents in lab namespaces sync nodes and VMs; every
+  call they made is in the table and granted by the agent's ClusterRole;
 - live: the real ipam-controller addresses a VM, writes pool and VM status,
   records events, holds the Lease and releases the address of a deleted VM
   against a lab API server; every call it made (from the audit log) is in the
@@ -25,10 +28,12 @@ Scenarios:
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -182,19 +187,34 @@ def _wait(what: str, check: Callable[[], T | None], proc: subprocess.Popen[bytes
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _allowed(objs: list[Obj], record: dict[str, Any]) -> bool:
-    resource = record["resource"] + (f"/{record['subresource']}" if record["subresource"] else "")
-    call = (record["group"], resource, record["verb"])
-    if call in _grants(_role(objs, "ClusterRole", "vmoverlay-ipam")):
-        return True
-    role = _role(objs, "Role", "vmoverlay-ipam-leader-election")
-    if record["namespace"] != NAMESPACE:
-        return False
-    for rule in role["rules"]:
-        names = rule.get("resourceNames")
-        if call in _grants({"rules": [rule]}) and (not names or record["name"] in names):
-            return True
+def _allowed(objs: list[Obj], component: str, record: dict[str, Any]) -> bool:
+    """Whether the component's roles grant this audited request (namespace and name too)."""
+    call = _call(record)
+    for kind, name in ROLES[component]:
+        role = _role(objs, kind, name)
+        if kind == "Role" and record["namespace"] != role["metadata"]["namespace"]:
+            continue
+        for rule in role["rules"]:
+            names = rule.get("resourceNames")
+            if call in _grants({"rules": [rule]}) and (not names or record["name"] in names):
+                return True
     return False
+
+
+def _call(record: dict[str, Any]) -> Call:
+    resource = record["resource"] + (f"/{record['subresource']}" if record["subresource"] else "")
+    return (record["group"], resource, record["verb"])
+
+
+def _check_audit(objs: list[Obj], component: str, records: list[dict[str, Any]]) -> set[Call]:
+    """Every audited call is granted and in the table; return the calls seen."""
+    records = [r for r in records if r["resource"]]
+    assert records, f"the audit log recorded no call of the {component}"
+    for r in records:
+        assert _allowed(objs, component, r), f"not granted to the {component}: {r}"
+    used = {_call(r) for r in records}
+    assert used <= USES[component], f"missing from the table: {used - USES[component]}"
+    return used
 
 
 def test_live_ipam_calls_are_in_the_table_and_granted(
@@ -247,14 +267,7 @@ def test_live_ipam_calls_are_in_the_table_and_granted(
             log.close()
 
     # vmoverlay.kube.load_client names the program in the User-Agent.
-    records = [r for r in lab_api.audit(user_agent="vmoverlay/ipam-controller ") if r["resource"]]
-    assert records, "the audit log recorded no call of the controller"
-    used = set()
-    for r in records:
-        resource = r["resource"] + (f"/{r['subresource']}" if r["subresource"] else "")
-        used.add((r["group"], resource, r["verb"]))
-        assert _allowed(objs, r), f"not granted: {r}"
-    assert used <= USES["ipam"], f"missing from the table: {used - USES['ipam']}"
+    used = _check_audit(objs, "ipam", lab_api.audit(user_agent="vmoverlay/ipam-controller "))
     # The scenario reaches the main paths: reads, writes, status, events, lease.
     for call in [
         (G, "ipallocations", "create"),
@@ -265,3 +278,36 @@ def test_live_ipam_calls_are_in_the_table_and_granted(
         ("coordination.k8s.io", "leases", "create"),
     ]:
         assert call in used, f"the scenario never made {call}"
+
+
+# ---------------------------------------------------------------- live: the node agent
+
+
+@pytest.mark.root
+def test_live_agent_calls_are_in_the_table_and_granted(
+    netns: Any, objs: list[Obj], tmp_path: Path
+) -> None:
+    from tests.agent.cluster import Cluster
+
+    cluster = Cluster(netns, tmp_path, node_names=("na", "nb"))
+    try:
+        for name, node in cluster.nodes.items():
+            cluster.put_node(name, node.ip)
+        cluster.put_vm("db-0", "na", ip="198.19.0.10", mac="0a:58:c6:13:00:0a")
+        for name in cluster.nodes:
+            cluster.start_agent(name)
+        cluster.wait_ready(*cluster.nodes)
+        for name in list(cluster.agents):
+            cluster.stop_agent(name)  # ends the watches, so they are recorded too
+        query = f"{cluster.url}/_lab/audit?userAgent=vmoverlay/vxlan-manager%20"
+
+        def audit() -> list[dict[str, Any]]:
+            with urllib.request.urlopen(query, timeout=10) as resp:
+                records: list[dict[str, Any]] = json.load(resp)["records"]
+                return records
+
+        records = cluster.call(audit)
+    finally:
+        cluster.close()
+    used = _check_audit(objs, "agent", records)
+    assert {("", "nodes", "list"), (G, "virtualmachines", "list")} <= used
