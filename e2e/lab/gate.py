@@ -51,14 +51,25 @@ from e2e.lab.report import MigrationEvent, ProbeData, Totals
 from e2e.lab.sheet import cheat_sheet
 from e2e.lab.vm import VMError
 from e2e.netns import NetnsError, RunNamespaces
+from e2e.qemu.errors import QemuError
 from vmoverlay.kube import KubeError
 from vmoverlay.logs import add_logging_args, setup_logging
 
 FAULTS = ("agent-kill", "ipam-restart")
+MODES = ("netns", "qemu")
 AGENT_DOWN_S = 1.0
 LEAD_S = 2.0
 TAIL_S = 3.0
-LAB_ERRORS = (LabError, ClusterError, CNIError, ComponentError, VMError, NetnsError, KubeError)
+LAB_ERRORS = (
+    LabError,
+    ClusterError,
+    CNIError,
+    ComponentError,
+    VMError,
+    NetnsError,
+    KubeError,
+    QemuError,
+)
 
 
 class Interrupted(Exception):
@@ -75,6 +86,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-stall-ms", type=float, default=None, help="fail above this stall")
     p.add_argument("--no-vm-announce", action="store_true", help="no RARP after resume")
     p.add_argument("--binding", choices=BINDINGS, default="overlay")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="netns",
+        help="netns: VMs as namespaces (default, fast); qemu: real QEMU guests (e2e.qemu)",
+    )
     p.add_argument("--rate", type=int, default=200, help="pgbench tps in all, 0 = unlimited")
     p.add_argument("--spacing", type=float, default=2.0, help="seconds between migrations")
     p.add_argument(
@@ -114,6 +131,8 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     setup_logging(level=args.log_level, fmt=args.log_format)
     missing = preflight.problems()
+    if args.mode == "qemu":
+        missing += qemu_problems()
     if missing:
         print("vmoverlay-lab gate: cannot run the lab:", file=sys.stderr)
         for line in missing:
@@ -165,7 +184,7 @@ class Gate:
         )
         failed = True
         with RunNamespaces() as run:
-            lab = Lab(config, run, self.display)
+            lab = lab_class(args.mode)(config, run, self.display)
             try:
                 lab.start()
                 doc = self.measure(lab)
@@ -248,6 +267,8 @@ class Gate:
             reasons=self.reasons,
         )
         doc = report.summary(per, totals, max_stall_ms=args.max_stall_ms, settings=self.settings())
+        if args.mode == "qemu":
+            doc["qemu_migrations"] = getattr(lab, "qemu_figures", [])
         doc["duration_s"] = round(time.monotonic() - self.display.started, 1)
         doc["pgbench_seconds"] = seconds
         return doc
@@ -332,10 +353,32 @@ class Gate:
             "vms": a.vms,
             "pause_ms": a.pause_ms,
             "binding": a.binding,
+            "mode": a.mode,
             "vm_announce": not a.no_vm_announce,
             "rate": a.rate,
             "no_progress_ms": a.no_progress_ms,
         }
+
+
+def lab_class(mode: str) -> type[Lab]:
+    """The lab for ``mode``; the QEMU mode's module is imported only when asked for."""
+    if mode == "qemu":
+        from e2e.qemu.lab import QemuLab
+
+        return QemuLab
+    return Lab
+
+
+def qemu_problems() -> list[str]:
+    """What ``--mode qemu`` needs beyond the namespace mode: QEMU itself."""
+    from e2e.qemu.errors import QemuMissingError
+    from e2e.qemu.vm import find_qemu
+
+    try:
+        find_qemu()
+    except QemuMissingError as exc:
+        return [str(exc)]
+    return []
 
 
 def keep_running(lab: Lab, display: Display) -> None:
