@@ -64,6 +64,8 @@ ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
 # Linux socket options not exported by the socket module on every version.
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+RECEIVE_BUFFER = 8 * 1024 * 1024  # ~1,000 peers' full-size replies with kernel overhead
 
 log = get_logger("vxlan-manager")
 
@@ -219,6 +221,12 @@ class IcmpProber:
                 "failed to open a raw ICMP socket: the agent needs CAP_NET_RAW for probes"
             ) from exc
         self.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+        # A round's replies arrive while it is still sending: room for all of them, so
+        # none is dropped by a full socket buffer (which would read as loss).
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        except PermissionError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         self.sock.setblocking(False)
         self.source = source
         if source:
