@@ -16,6 +16,7 @@ Scenarios:
   the source leaves the target alone;
 - a failure half-way (another default route in the pod) rolls back: nothing left;
   an interface name already taken in the pod -> error, the pod's interface kept;
+- concurrent ADDs of several pods on a fresh node all succeed, with one base rule;
 - GC removes attachments missing from cni.dev/valid-attachments and orphan rules,
   and keeps the valid ones.
 """
@@ -197,13 +198,19 @@ def test_add_waits_for_ipam(cluster: Cluster) -> None:
 
 
 def _start_add(
-    node: CniNode, sandbox: str, pod: tuple[str, str], *, timeout: float
+    node: CniNode,
+    sandbox: str,
+    pod: tuple[str, str],
+    *,
+    timeout: float,
+    container_id: str = "c0ffee",
+    conf: dict[str, Any] | None = None,
 ) -> subprocess.Popen[str]:
     from tests.cni.harness import PLUGIN
 
     env = {
         "CNI_COMMAND": "ADD",
-        "CNI_CONTAINERID": "c0ffee",
+        "CNI_CONTAINERID": container_id,
         "CNI_IFNAME": "eth1",
         "CNI_NETNS": sandbox,
         "CNI_ARGS": f"K8S_POD_NAMESPACE={pod[0]};K8S_POD_NAME={pod[1]}",
@@ -218,7 +225,7 @@ def _start_add(
         text=True,
     )
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(node.conf(timeout=timeout)))
+    proc.stdin.write(json.dumps({**(conf or node.conf()), "timeout": timeout}))
     proc.stdin.close()
     proc.stdin = None
     return proc
@@ -311,3 +318,23 @@ def test_gc(cluster: Cluster) -> None:
     valid = [{"containerID": "keep", "ifname": "eth1"}]
     node.invoke("GC", node.conf(**{"cni.dev/valid-attachments": valid})).ok()
     assert node.leftovers() == ([names["keep"]], [f"port-{names['keep']}"])
+
+
+def test_concurrent_adds(cluster: Cluster) -> None:
+    node = cluster.node1
+    make_vm(cluster, "pg-9", "198.19.0.19")
+    vm_pod(cluster, "pg-9-src", "pg-9")
+    vm_pod(cluster, "pg-9-dst", "pg-9", **{"vmoverlay.io/migration-target": "mig-9"})
+    procs = []
+    for i, pod in enumerate(("pg-9-src", "pg-9-dst", "pg-9-src", "pg-9-dst")):
+        sandbox = node.add_pod(f"c{i}")
+        conf = node.conf(mode="vm-l2" if i % 2 else "pod")
+        procs.append(
+            _start_add(node, sandbox, (NS, pod), timeout=20, container_id=f"c{i}", conf=conf)
+        )
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (out, err)
+    assert len(node.host_ports()) == 4 and len(node.port_chains()) == 4
+    base = [i for i in node.nft_table() if i.get("rule", {}).get("chain") == "prerouting"]
+    assert len(base) == 1

@@ -8,7 +8,7 @@ Scenarios:
 - C15: truncated JSON config -> 6 with msg and details; a missing required field -> 7;
   cniVersion "9.9.9" -> 1; missing CNI_COMMAND -> 4; missing CNI_NETNS -> 4; a netns
   path that does not exist -> 3; a field of the wrong type -> 7; an unsupported mode
-  -> 2; each leaves no link and no rule behind, and logs to the log file, not stdout;
+  -> 2; no K8S_POD_NAMESPACE/K8S_POD_NAME in CNI_ARGS -> 4; each leaves no link and no rule behind, and logs to the log file, not stdout;
 - VERSION lists 0.4.0, 1.0.0 and 1.1.0 and answers in the asked version;
 - STATUS succeeds with the bridge and fails with 50 once the bridge is gone;
 - ADD while the bridge is missing -> 11;
@@ -58,6 +58,7 @@ def test_truncated_config_is_6(cni_node: CniNode) -> None:
         ({}, {"CNI_COMMAND": None}, 4),
         ({}, {"CNI_NETNS": None}, 4),
         ({}, {"CNI_CONTAINERID": None}, 4),
+        ({}, {"CNI_ARGS": None}, 4),
         ({}, {"CNI_IFNAME": "much-too-long-name"}, 4),
         ({}, {"CNI_NETNS": "/var/run/netns/vmo-does-not-exist"}, 3),
     ],

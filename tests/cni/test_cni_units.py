@@ -12,8 +12,8 @@ Scenarios:
 - results have the spec's shape per version (0.4.0 ip versions, 1.1.0 MTU) and CHECK
   reads them back; a prevResult without the interface is error 7;
 - drift between wanted and actual attachment is reported readably;
-- anti-spoofing rules: MAC check first, ARP and IP only for the VM's address, the
-  gate only for gated ports, no final drop without anti-spoofing.
+- anti-spoofing rules: MAC check first, ARP and IP only for the VM's address (IPv4
+  or IPv6), the gate only for gated ports, no final drop without anti-spoofing.
 """
 
 from __future__ import annotations
@@ -310,3 +310,12 @@ def test_port_commands_are_one_transaction_for_one_port() -> None:
     assert commands[-1]["add"]["element"]["elem"] == [["vmo1", {"jump": {"target": "port-vmo1"}}]]
     without_set = antispoof.port_commands(_policy(), with_open_set=False)
     assert not any("set" in c.get("add", {}) for c in without_set)
+
+
+def test_rules_ipv6_vm() -> None:
+    rules = antispoof.port_rules(_policy(ips=(ipaddress.ip_address("2001:2::7"),)))
+    text = json.dumps(rules)
+    assert "saddr ip" not in text  # no IPv4 address: no ARP or IPv4 source allowed
+    six = next(r for r in rules if '"ip6"' in json.dumps(r))
+    allowed = six[0]["match"]["right"]["set"]
+    assert "2001:2::7" in allowed and {"prefix": {"addr": "fe80::", "len": 10}} in allowed
