@@ -18,6 +18,8 @@ Scenarios:
   role is bound to the agent's ServiceAccount (the plugin runs with the token
   the agent's init container installs), and that account holds nothing else;
 - the Lease rule names the controller's Lease (get/update) and creates only;
+- docs/install.md's permission table of each component lists exactly the
+  resources and verbs its roles grant;
 - live (root): two real node agents in lab namespaces sync nodes and VMs; every
   call they made is in the table and granted by the agent's ClusterRole;
 - live: the real ipam-controller addresses a VM, writes pool and VM status,
@@ -311,3 +313,35 @@ def test_live_agent_calls_are_in_the_table_and_granted(
         cluster.close()
     used = _check_audit(objs, "agent", records)
     assert {("", "nodes", "list"), (G, "virtualmachines", "list")} <= used
+
+
+# ---------------------------------------------------------------- the documentation
+
+
+VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+DOC_SECTIONS = {"agent": "**Node agent**", "cni": "**CNI plugin**", "ipam": "**IPAM controller**"}
+
+
+def _documented(component: str) -> set[tuple[str, str]]:
+    """(resource, verb) pairs in the component's permission table of docs/install.md."""
+    text = (MANIFESTS.parent / "docs" / "install.md").read_text()
+    section = text.split(DOC_SECTIONS[component], 1)[1]
+    table = section[section.index("\n| resource |") :].split("\n\n", 1)[0]
+    out = set()
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        resource = cells[0].split("`")[1].split(".")[0]
+        out |= {
+            (resource, v)
+            for v in cells[1].replace(";", ",").replace(" ", ",").split(",")
+            if v in VERBS
+        }
+    return out
+
+
+@pytest.mark.parametrize("component", sorted(USES))
+def test_documented_permissions_match_the_roles(objs: list[Obj], component: str) -> None:
+    granted = {(resource, verb) for _, resource, verb in _component_grants(objs, component)}
+    assert _documented(component) == granted
