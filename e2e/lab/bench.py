@@ -1,7 +1,8 @@
 """``vmoverlay-lab bench throughput``: TCP throughput across the overlay vs the underlay.
 
-Runs iperf3 (TCP, one stream, ``--seconds`` each, default 5) twice on a
-running lab:
+Runs iperf3 (TCP, one stream, ``--seconds`` each, default 5) on a running
+lab, ``--repeat`` times (default 3) alternating the two paths, and reports the
+median of each (the machine is shared, single runs are noisy):
 
 - overlay: between two VMs on different nodes, guest to guest, so every
   frame crosses the VM's uplink, the node bridge, VXLAN encapsulation, the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +52,7 @@ class Throughput:
     seconds: int
     overlay: tuple[str, str]  # VM names
     underlay: tuple[str, str]  # node names
+    repeat: int = 1  # runs of each; the figures are their medians
 
     @property
     def ratio(self) -> float:
@@ -68,16 +71,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("what", choices=["throughput"])
     add_lab_arguments(parser)
     parser.add_argument("--seconds", type=int, default=5, help="seconds per iperf3 run (1-60)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each path (1-10)")
     parser.add_argument("--json", action="store_true")
     add_logging_args(parser)
     args = parser.parse_args(argv)
     setup_logging(level=args.log_level, fmt=args.log_format)
     try:
-        if not 1 <= args.seconds <= 60:
-            raise BenchError("--seconds must be between 1 and 60")
+        if not 1 <= args.seconds <= 60 or not 1 <= args.repeat <= 10:
+            raise BenchError("--seconds must be 1..60 and --repeat 1..10")
         lab = find_lab(args.run)
         a, b, node_a, node_b = pick_endpoints(lab.sheet)
-        result = throughput(a, b, node_a, node_b, seconds=args.seconds)
+        result = throughput(a, b, node_a, node_b, seconds=args.seconds, repeat=args.repeat)
     except (LabNotFound, BenchError, OSError, ValueError, KeyError) as exc:
         print(f"vmoverlay-lab bench: {exc}", file=sys.stderr)
         return 2
@@ -91,7 +95,7 @@ def main(argv: list[str]) -> int:
 def render(r: Throughput) -> str:
     return "\n".join(
         [
-            f"iperf3 TCP, 1 stream, {r.seconds} s each",
+            f"iperf3 TCP, 1 stream, {r.seconds} s per run, median of {r.repeat} alternating runs",
             f"  overlay   {r.overlay[0]} -> {r.overlay[1]}: {r.overlay_bps / 1e9:8.2f} Gbit/s",
             f"  underlay  {r.underlay[0]} -> {r.underlay[1]}: {r.underlay_bps / 1e9:8.2f} Gbit/s",
             f"  ratio overlay/underlay: {r.ratio:.2f}",
@@ -129,13 +133,23 @@ def underlay_ip(ns: str) -> str:
 
 
 def throughput(
-    a: Endpoint, b: Endpoint, node_a: Endpoint, node_b: Endpoint, *, seconds: int
+    a: Endpoint, b: Endpoint, node_a: Endpoint, node_b: Endpoint, *, seconds: int, repeat: int = 1
 ) -> Throughput:
+    """Median of ``repeat`` alternating overlay/underlay runs (a shared machine is noisy)."""
     if shutil.which("iperf3") is None:
         raise BenchError("iperf3 is not installed: apt-get install iperf3")
-    overlay = iperf(b, a, seconds)
-    underlay = iperf(node_b, node_a, seconds)
-    return Throughput(overlay, underlay, seconds, (b.node, a.node), (node_b.node, node_a.node))
+    overlay, underlay = [], []
+    for _ in range(repeat):
+        overlay.append(iperf(b, a, seconds))
+        underlay.append(iperf(node_b, node_a, seconds))
+    return Throughput(
+        statistics.median(overlay),
+        statistics.median(underlay),
+        seconds,
+        (b.node, a.node),
+        (node_b.node, node_a.node),
+        repeat,
+    )
 
 
 def iperf(client: Endpoint, server: Endpoint, seconds: int) -> float:
