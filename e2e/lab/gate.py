@@ -10,13 +10,15 @@
 Steps: preflight checks; the lab comes up (:mod:`e2e.lab.lab`); ``pgbench -i``
 per VM from the client pod; one precise probe per VM (:mod:`e2e.lab.probe`)
 and one pgbench per VM for the whole run; the planned migrations
-(:mod:`e2e.lab.plan`) at a fixed spacing inside pgbench's run; then the
-figures (:mod:`e2e.lab.report`), a table, a verdict, JSON and JUnit.
+(:mod:`e2e.lab.plan`), each as soon as its target is prepared but at least
+``--spacing`` after the previous switch-over, so each migration has its own
+measurement window; then the figures (:mod:`e2e.lab.report`), a table, a
+verdict, JSON and JUnit.
 
-pgbench only prints its totals when its ``-T`` ends by itself, so the run's
-length is fixed up front: spacing (at least ``--spacing``, more when the CNI
-plugin was slow to start during set-up) times migrations, plus a lead and a
-tail. A migration that could not start in time is a failure of the run.
+pgbench gets a generous ``-T`` (a bound, so it stops by itself whatever
+happens to the gate) and is ended with SIGINT after the last migration and a
+tail; its totals then come from ``pgbench_history`` and its per-second
+progress lines (:mod:`e2e.lab.pgbench`).
 
 Exit codes: 0 passed; 1 a connection broke, a transaction failed, a stall
 exceeded ``--max-stall-ms``, or the lab failed; 2 a missing prerequisite or bad
@@ -45,7 +47,7 @@ from e2e.lab.cluster import ClusterError
 from e2e.lab.cni import CNIError
 from e2e.lab.components import ComponentError
 from e2e.lab.lab import BINDINGS, Lab, LabConfig, LabError
-from e2e.lab.pgbench import PgbenchRun, init_argv, run_argv
+from e2e.lab.pgbench import PgbenchRun, history_count_argv, init_argv, run_argv
 from e2e.lab.plan import plan_migrations, split_clients
 from e2e.lab.report import MigrationEvent, ProbeData, Totals
 from e2e.lab.sheet import cheat_sheet
@@ -208,14 +210,14 @@ class Gate:
         for name in vms:
             self.display(f"pgbench -i on {name} ({lab.vms[name].ip}) from the client pod")
             lab.run.check(lab.client_ns, init_argv(lab.vms[name].ip, bound_ms=args.no_progress_ms))
-        spacing = max(args.spacing, 1.5 * max(lab.cni_add_seconds, default=0.5) + 0.5)
-        seconds = math.ceil(LEAD_S + max(0, len(plan) - 1) * spacing + TAIL_S + 1)
+        budget = max(args.spacing, 1.5 * max(lab.cni_add_seconds, default=0.5) + 0.5)
+        seconds = math.ceil(LEAD_S + 3 * len(plan) * budget + TAIL_S + 30)
         probes = [self._start_probe(lab, lab.vms[name].ip, bound_s) for name in vms]
         clients = split_clients(args.clients, len(vms))
         rates = [math.ceil(args.rate / len(vms)) if args.rate else 0] * len(vms)
         self.display(
-            f"pgbench: {args.clients} clients for {seconds}s; {len(plan)} migrations, "
-            f"one every {spacing:.1f}s, pause {args.pause_ms} ms"
+            f"pgbench: {args.clients} clients; {len(plan)} migrations at least "
+            f"{args.spacing:g}s apart, pause {args.pause_ms} ms"
         )
         benches = [
             PgbenchRun(
@@ -229,8 +231,9 @@ class Gate:
         networks = lab.vm_networks()
         began = time.monotonic()
         try:
-            self._migrate(lab, plan, began, spacing, seconds, benches)
-            results = [b.wait(timeout=seconds + bound_s + 30) for b in benches]
+            self._migrate(lab, plan, began, seconds, benches)
+            self._settle(benches)
+            results = [b.finish() for b in benches]
         finally:
             for bench in benches:
                 bench.stop()
@@ -249,10 +252,12 @@ class Gate:
         end = time.monotonic()
         aborts = [t for r in results for t, line in r.events if "aborted" in line]
         failed_progress = [(t, n) for r in results for t, _, n in r.progress]
-        for name, result in zip(vms, results, strict=True):
+        for name, bench, result in zip(vms, benches, results, strict=True):
             if not result.summary_seen:
-                self.reasons.append(f"pgbench on {name} printed no summary")
-            if result.exit_code not in (0, None) and not result.broken_connections:
+                result.transactions = self._history_count(lab, lab.vms[name].ip)
+                result.failed_transactions = sum(n for _, _, n in result.progress)
+            # SIGINT at the end is how the gate stops pgbench; any other exit code is news.
+            if not bench.stopped_early and result.exit_code != 0 and not result.broken_connections:
                 self.reasons.append(f"pgbench on {name} exited with code {result.exit_code}")
             if result.stalled:
                 self.reasons.append(f"pgbench on {name} made no progress for {bound_s:g}s")
@@ -267,6 +272,7 @@ class Gate:
             reasons=self.reasons,
         )
         doc = report.summary(per, totals, max_stall_ms=args.max_stall_ms, settings=self.settings())
+        doc["run_id"] = lab.run.run_id
         if args.mode == "qemu":
             doc["qemu_migrations"] = getattr(lab, "qemu_figures", [])
         doc["duration_s"] = round(time.monotonic() - self.display.started, 1)
@@ -278,24 +284,21 @@ class Gate:
         lab: Lab,
         plan: list[tuple[str, str, str]],
         began: float,
-        spacing: float,
         seconds: int,
         benches: list[PgbenchRun],
     ) -> None:
+        due = began + LEAD_S
         for k, (vm, source, target) in enumerate(plan):
             prep = lab.prepare_migration(vm, target)
-            due = began + LEAD_S + k * spacing
-            while time.monotonic() < due:
-                for bench in benches:
-                    bench.check_stall()
-                time.sleep(min(0.1, max(0.0, due - time.monotonic())))
-            if time.monotonic() > began + seconds - TAIL_S / 2:
+            self._wait_until(due, benches)
+            if time.monotonic() > began + seconds - TAIL_S:
                 self.reasons.append(
                     f"migration {k + 1} could not start before pgbench's end: machine too slow"
                 )
                 return
             killed = self._inject_faults(lab, k, target)
             times = lab.switch_over(prep)
+            due = times.resume + self.args.spacing
             if killed:
                 threading.Timer(AGENT_DOWN_S, lab.start_agent, args=(target,)).start()
             self.events.append(
@@ -317,6 +320,26 @@ class Gate:
                 f"migration {k + 1}/{len(plan)}: {vm} {source} -> {target}, "
                 f"pause {times.pause_s * 1000:.0f} ms ({times.frozen_pids} processes frozen)"
             )
+
+    @staticmethod
+    def _wait_until(due: float, benches: list[PgbenchRun]) -> None:
+        """Sleep until ``due``, watching every pgbench for a stall meanwhile."""
+        while time.monotonic() < due:
+            for bench in benches:
+                bench.check_stall()
+            time.sleep(min(0.1, max(0.0, due - time.monotonic())))
+
+    def _settle(self, benches: list[PgbenchRun]) -> None:
+        """The tail after the last migration: its window, and time for late failures to show."""
+        self._wait_until(time.monotonic() + TAIL_S, benches)
+
+    def _history_count(self, lab: Lab, ip: str) -> int:
+        argv = history_count_argv(ip, bound_ms=self.args.no_progress_ms)
+        proc = lab.run.run(lab.client_ns, argv)
+        if proc.returncode != 0:
+            self.reasons.append(f"failed to count transactions on {ip}: {proc.stderr.strip()}")
+            return 0
+        return int(proc.stdout.strip() or 0)
 
     def _inject_faults(self, lab: Lab, k: int, target: str) -> bool:
         """Faults of the first migration; True when the target's agent was killed."""

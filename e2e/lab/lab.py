@@ -50,6 +50,7 @@ from e2e.lab.announce import Announcer, packet_socket
 from e2e.lab.cluster import LAB_NAMESPACE, ClusterAPI, now_rfc3339
 from e2e.lab.cni import MODE_POD, MODE_VM_L2, CNIError, PodAttachment, invoke
 from e2e.lab.components import Component
+from e2e.lab.linkctl import LinkControl, link_index
 from e2e.lab.vm import LabVM
 from e2e.netns import NetnsError, RunNamespaces, list_namespaces, remove_namespace
 from vmoverlay import api
@@ -144,6 +145,7 @@ class Lab:
     vms: dict[str, LabVM] = field(default_factory=dict)
     runners: dict[str, Runner] = field(default_factory=dict)
     announcers: dict[str, Announcer] = field(default_factory=dict)
+    links: dict[str, LinkControl] = field(default_factory=dict)
     agents: dict[str, Component] = field(default_factory=dict)
     cni_add_seconds: list[float] = field(default_factory=list)
 
@@ -304,8 +306,9 @@ class Lab:
         runner = self._new_runner(name, node, index, network)
         ns, qns = self.run.add(name), self.run.add(f"{name}q")
         vmmod.build_guest(self.run, ns, qns, network)
-        vmmod.make_uplink(self.run, qns, runner.attachment.pod_ns, runner.uplink, network.mtu)
-        vmmod.link_batch(qns, [f"link set {runner.uplink} up"])
+        vmmod.make_uplink(
+            self.run, qns, runner.attachment.pod_ns, runner.uplink, network.mtu, attach=True
+        )
         datadir = vmmod.init_postgres(self.run.run_id, name, OVERLAY_POOL)
         vm = LabVM(name, ns, qns, network, node, runner.attachment.pod_ns, runner.uplink, datadir)
         self.vms[name] = vm
@@ -313,6 +316,7 @@ class Lab:
         vm.procs.append(vmmod.start_postgres(self.run, vm))
         vm.procs.append(vmmod.start_echo(self.run, vm))
         self.announcers[name] = Announcer(packet_socket(ns, "eth0"), network.mac)
+        self.links[name] = LinkControl(qns)
         vmmod.wait_postgres(self.run, vm)
         api_.set_vm_status(name, node=node, phase=api.PHASE_RUNNING)
 
@@ -339,7 +343,9 @@ class Lab:
         migration = f"{vm_name}-mig-{index}"
         self.cluster.create_migration(migration, vm=vm_name, target=target, source=vm.node)
         runner = self._new_runner(vm_name, target, index, vm.network)
-        vmmod.make_uplink(self.run, vm.qns, runner.attachment.pod_ns, runner.uplink, vm.network.mtu)
+        vmmod.make_uplink(
+            self.run, vm.qns, runner.attachment.pod_ns, runner.uplink, vm.network.mtu, attach=False
+        )
         new_network = None
         if self.config.binding == "pod-network":
             record = f"{vm_name}-pod-{index}"
@@ -358,22 +364,32 @@ class Lab:
         )
 
     def switch_over(self, prep: Prepared) -> SwitchTimes:
-        """The pause window: freeze, move the uplink, resume; status.node written at its start."""
+        """The pause window: cut and freeze, wait, join the new uplink and resume.
+
+        status.node is written at the window's start, so the agents move their FDB
+        entries while the VM is paused anyway. The uplinks move by one netlink
+        message each (:mod:`e2e.lab.linkctl`), so the window is exact to well under
+        a millisecond; the guest's own eth0 keeps carrier throughout.
+        """
         vm, pause = prep.vm, self.config.pause_ms / 1000.0
-        old_uplink = vm.uplink
-        t_freeze, freeze_wall = time.monotonic(), now_rfc3339()
-        pids = vmmod.freeze(vm.ns)
+        links = self.links[vm.name]
+        old_index = link_index(vm.qns, vm.uplink)
+        new_index = link_index(vm.qns, prep.runner.uplink)
+        bridge = link_index(vm.qns, "br0")
         written: list[float] = []
+        t_freeze, freeze_wall = time.monotonic(), now_rfc3339()
+        status = self.cluster.set_vm_status_async(
+            vm.name, node=prep.target, phase=api.PHASE_RUNNING
+        )
+        status.add_done_callback(lambda _f: written.append(time.monotonic()))
+        links.set_master(old_index, 0)
+        pids = vmmod.freeze(vm.ns)
         try:
-            status = self.cluster.set_vm_status_async(
-                vm.name, node=prep.target, phase=api.PHASE_RUNNING
-            )
-            status.add_done_callback(lambda _f: written.append(time.monotonic()))
-            vmmod.link_batch(vm.qns, [f"link set {old_uplink} down"])
             if prep.new_network is not None:
                 self._readdress(vm, prep.new_network)
             time.sleep(max(0.0, t_freeze + pause - time.monotonic()))
-            vmmod.link_batch(vm.qns, [f"link set {prep.runner.uplink} up"])
+            links.set_master(new_index, bridge)
+            links.set_learning(new_index, False)
         finally:
             vmmod.thaw(pids)
         t_resume = time.monotonic()
@@ -442,6 +458,8 @@ class Lab:
                 vmmod.thaw(vmmod.pids_in_netns(vm.ns))
         for announcer in self.announcers.values():
             announcer.close()
+        for links in self.links.values():
+            links.close()
         for component in [*self.agents.values(), self.ipam, self.apiserver]:
             if component is not None:
                 component.stop()

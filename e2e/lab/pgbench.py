@@ -10,6 +10,11 @@ for longer than the no-progress bound, every client of that pgbench counts as
 broken and pgbench is stopped, so a hung server can neither pass nor hang the
 gate.
 
+pgbench prints its totals only when ``-T`` runs out, so the gate gives it a
+generous ``-T`` and ends it with SIGINT once the migrations are done; then
+committed transactions are counted in ``pgbench_history`` (one row per
+TPC-B-like transaction) and failures are the sum of the per-second counts.
+
 Every line pgbench prints is stamped with ``time.monotonic()`` when it arrives,
 so errors and per-second progress can be attributed to a migration window.
 """
@@ -17,6 +22,7 @@ so errors and per-second progress can be attributed to a migration window.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -59,6 +65,12 @@ def conninfo(host: str, *, bound_ms: int, dbname: str = "postgres") -> str:
         f"connect_timeout={connect_s} tcp_user_timeout={bound_ms} "
         "keepalives=1 keepalives_idle=2 keepalives_interval=1 keepalives_count=3"
     )
+
+
+def history_count_argv(host: str, *, bound_ms: int) -> list[str]:
+    """psql counting committed transactions (one pgbench_history row each)."""
+    sql = "SELECT count(*) FROM pgbench_history"
+    return ["psql", "-At", "-c", sql, conninfo(host, bound_ms=bound_ms)]
 
 
 def init_argv(host: str, *, bound_ms: int) -> list[str]:
@@ -111,6 +123,7 @@ class PgbenchRun:
             list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
         self._lock = threading.Lock()
+        self.stopped_early = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -151,6 +164,13 @@ class PgbenchRun:
         self._reader.join(timeout=5)
         self.result.exit_code = self.proc.returncode
         return self.result
+
+    def finish(self) -> PgbenchResult:
+        """End the run now (SIGINT) and return what it reported; no summary is printed then."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.stopped_early = True
+        return self.wait(timeout=10)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

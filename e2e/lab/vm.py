@@ -114,17 +114,26 @@ def build_runner_bridge(run: RunNamespaces, runner_ns: str, mtu: int) -> None:
     run.check(runner_ns, ["ip", "link", "set", RUNNER_BRIDGE, "up"])
 
 
-def make_uplink(run: RunNamespaces, qns: str, runner_ns: str, uplink: str, mtu: int) -> None:
-    """A veth from the VM bridge to a runner pod; the VM end stays down until switch-over."""
+def make_uplink(
+    run: RunNamespaces, qns: str, runner_ns: str, uplink: str, mtu: int, *, attach: bool
+) -> None:
+    """A veth from the VM's QEMU side to a runner pod, both ends up.
+
+    With ``attach`` the VM end joins the VM bridge now (a VM's first start);
+    otherwise it stays outside the bridge, carrier up, until the switch-over
+    enslaves it (:meth:`e2e.lab.linkctl.LinkControl.set_master`).
+    """
     run.check(
         qns,
         ["ip", "link", "add", uplink, "mtu", str(mtu), "type", "veth", "peer", "name"]
         + [RUNNER_PORT, "mtu", str(mtu), "netns", runner_ns],
     )
-    run.check(qns, ["ip", "link", "set", uplink, "master", "br0"])
-    wire_port(run, qns, uplink)
     run.check(runner_ns, ["ip", "link", "set", RUNNER_PORT, "master", RUNNER_BRIDGE, "up"])
     wire_port(run, runner_ns, RUNNER_PORT)
+    if attach:
+        run.check(qns, ["ip", "link", "set", uplink, "master", "br0"])
+        wire_port(run, qns, uplink)
+    run.check(qns, ["ip", "link", "set", uplink, "up"])
 
 
 def wire_port(run: RunNamespaces, ns: str, port: str) -> None:
