@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import functools
 import json
 import random
 import time
@@ -63,6 +64,7 @@ from e2e.apiserver.selectors import (
 )
 from e2e.apiserver.store import Store, meta
 from e2e.apiserver.validation import (
+    decode_problem,
     prune_and_default,
     validate_metadata,
     validate_name,
@@ -109,6 +111,18 @@ class ObjectApi:
         for name in INITIAL_NAMESPACES:
             if store.get(NAMESPACE_KEY, "", name) is None:
                 self.create(ns_type, None, {"metadata": {"name": name}})
+        self._resume_cleanup()
+
+    def _resume_cleanup(self) -> None:
+        """After a restart, finish what a crash may have cut short: collection, namespaces."""
+        for rtype in {t.key: t for t in self.registry.all()}.values():
+            for obj in self.store.list_objects(rtype.key):
+                if meta(obj).get("ownerReferences"):
+                    self.gc.check_owners(rtype, obj)
+        for ns in self.store.list_objects(NAMESPACE_KEY):
+            if meta(ns).get("deletionTimestamp"):
+                name = str(meta(ns)["name"])
+                self.schedule(functools.partial(self._empty_namespace, name))
 
     def builtin(self, group: str, plural: str) -> ResourceType:
         for rtype in self.registry.all():
@@ -272,6 +286,9 @@ class ObjectApi:
         doc = apply_patch(rtype, old, content_type, patch)
         if not isinstance(doc, dict):
             raise errors.bad_request("the patch produced something that is not an object")
+        problem = decode_problem(doc, builtin=not rtype.custom)
+        if problem:
+            raise errors.bad_request(f"the patched object could not be decoded: {problem}")
         m = doc.get("metadata")
         if not isinstance(m, dict):
             raise errors.bad_request("the patch removed metadata")
@@ -442,11 +459,11 @@ class ObjectApi:
                 f"the kind in the data ({kind}) does not match the expected kind ({rtype.kind})"
             )
         obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
-        m = obj.get("metadata")
-        if m is None:
-            m = obj["metadata"] = {}
-        if not isinstance(m, dict):
-            raise errors.bad_request("metadata must be an object")
+        problem = decode_problem(obj, builtin=not rtype.custom)
+        if problem:
+            raise errors.bad_request(f"the body of the request could not be decoded: {problem}")
+        if obj.get("metadata") is None:
+            obj["metadata"] = {}
         return obj
 
     def _place(self, rtype: ResourceType, namespace: str | None, m: dict[str, Any]) -> None:

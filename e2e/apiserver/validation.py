@@ -52,6 +52,47 @@ def validate_name(name: str, *, label: bool = False) -> list[Cause]:
     return []
 
 
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "generateName": (str,),
+    "namespace": (str,),
+    "resourceVersion": (str,),
+    "uid": (str,),
+    "labels": (dict,),
+    "annotations": (dict,),
+    "finalizers": (list,),
+    "ownerReferences": (list,),
+    "creationTimestamp": (str,),
+    "deletionTimestamp": (str,),
+    "generation": (int,),
+}
+
+
+def decode_problem(obj: dict[str, Any], *, builtin: bool) -> str | None:
+    """What the real server's JSON decoder would refuse (answered 400), or None.
+
+    Metadata fields have fixed types for every kind; a built-in kind's ``spec`` and
+    ``status`` are objects (a custom resource's are left to its schema).
+    """
+    m = obj.get("metadata")
+    if m is not None and not isinstance(m, dict):
+        return f"metadata: cannot decode {type(m).__name__} into ObjectMeta"
+    for key, types in _META_TYPES.items():
+        value = (m or {}).get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            return f"metadata.{key}: cannot decode {type(value).__name__} into {types[0].__name__}"
+    for key in ("finalizers",):
+        if any(not isinstance(v, str) for v in (m or {}).get(key) or []):
+            return f"metadata.{key}: every item must be a string"
+    if any(not isinstance(r, dict) for r in (m or {}).get("ownerReferences") or []):
+        return "metadata.ownerReferences: every item must be an object"
+    if builtin:
+        for key in ("spec", "status"):
+            if obj.get(key) is not None and not isinstance(obj[key], dict):
+                return f"{key}: cannot decode {type(obj[key]).__name__} into an object"
+    return None
+
+
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 MAX_ANNOTATIONS = 256 * 1024
 

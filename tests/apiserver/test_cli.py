@@ -7,12 +7,15 @@ Scenarios:
   kubeconfig; SIGTERM and SIGINT stop it with exit code 0;
 - a port already in use fails with exit code 1 and says so;
 - --data-dir: every write the server acknowledged before a SIGKILL is there after
-  a restart (writes race the kill).
+  a restart (writes race the kill);
+- after a restart, a dependent whose owner vanished while the server was down
+  (a crash between deleting an owner and collecting it) is collected.
 """
 
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,7 +26,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from tests.fixtures.apiserver import ROOT, start_lab_api
+from tests.fixtures.apiserver import ROOT, LabApi, start_lab_api
 from vmoverlay.kube import load_client
 
 
@@ -116,3 +119,20 @@ def test_acknowledged_writes_survive_kill() -> None:
             for c in k8s.CoreV1Api(lab.client()).list_namespaced_config_map("default").items
         }
         assert acked and set(acked) <= stored
+
+
+def test_restart_collects_dependents_of_vanished_owners(lab_api: LabApi) -> None:
+    core = k8s.CoreV1Api(lab_api.client())
+    owner = core.create_namespaced_config_map("default", {"metadata": {"name": "owner"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+    core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "dep", "ownerReferences": [ref]}}
+    )
+    lab_api.stop()
+    assert lab_api.data_dir is not None
+    with sqlite3.connect(lab_api.data_dir / "objects.sqlite3") as db:
+        db.execute("DELETE FROM objects WHERE name = 'owner'")
+    lab_api.start()
+    core = k8s.CoreV1Api(lab_api.client())
+    names = {c.metadata.name for c in core.list_namespaced_config_map("default").items}
+    assert "owner" not in names and "dep" not in names
