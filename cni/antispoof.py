@@ -150,13 +150,22 @@ class TableState:
 
 
 def table_state() -> TableState | None:
-    """Chains, mapped ports and open gates in the table; None if the table does not exist."""
-    rc, out, err = _nft().json_cmd({"nftables": [{"list": {"tables": {"family": FAMILY}}}]})
+    """Chains, mapped ports and open gates in the table; None if the table does not exist.
+
+    Without the nftables library no rule can have been installed, so there is
+    nothing to find (and DEL and GC still succeed); installing rules fails instead.
+    """
+    try:
+        nft = _nft()
+    except CNIError as exc:
+        log.warning("nftables library missing, no rules to look at", error=exc.details)
+        return None
+    rc, out, err = nft.json_cmd({"nftables": [{"list": {"tables": {"family": FAMILY}}}]})
     if rc != 0:
         raise CNIError(errors.FIREWALL_FAILURE, "failed to list nftables tables", err.strip())
     if not any(_obj(item, "table").get("name") == TABLE for item in _items(out)):
         return None
-    rc, out, err = _nft().json_cmd({"nftables": [{"list": {"table": _table_obj()}}]})
+    rc, out, err = nft.json_cmd({"nftables": [{"list": {"table": _table_obj()}}]})
     if rc != 0:
         raise CNIError(errors.FIREWALL_FAILURE, f"failed to list nftables table {TABLE}", err)
     chains: set[str] = set()
@@ -195,8 +204,14 @@ def port_problems(policy: PortPolicy) -> list[str]:
 def _nft() -> Any:
     # Imported here: Debian's binding is linked into the venv by scripts/bootstrap.sh,
     # and commands that never touch nftables (VERSION, a bad config) must not need it.
-    import nftables  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
+    try:
+        import nftables  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise CNIError(
+            errors.FIREWALL_FAILURE,
+            "failed to load the nftables library",
+            f"{exc}: install Debian's python3-nftables (scripts/bootstrap.sh does)",
+        ) from exc
     return nftables.Nftables()
 
 
