@@ -272,7 +272,9 @@ class Kernel:
             self.log.warning(
                 "device drift, repairing",
                 device=spec.name,
+                attribute="mtu",
                 difference=f"mtu {link.mtu} vs {spec.mtu}",
+                how="in place",
             )
             self._set(spec.name, "set the MTU of", index=link.index, mtu=spec.mtu)
         if not link.up:

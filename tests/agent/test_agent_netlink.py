@@ -6,7 +6,9 @@ Scenarios:
   entry toward every other node, traffic between VM namespaces on different nodes;
 - C12 MTU: 1500 IPv4 underlay -> 1450 on VXLAN, bridge and bridge ports; a 1422-byte DF
   ping crosses nodes, 1423 fails at once with "message too long"; IPv6 underlay -> 1430;
-  9000 -> 8950; a configured 1400 is applied everywhere;
+  9000 -> 8950; a configured 1400 is applied everywhere; an 8 MiB TCP transfer crosses;
+- neighbour entries: with an address on the bridge, remote VMs get permanent entries,
+  removed when the VM moves here;
 - C09 ownership: a stray flood entry toward a non-node is removed at resync, an entry
   someone else made on our device stays, entries on flannel.1 are never touched;
   a node's address change moves its entries (exactly one set);
@@ -21,6 +23,7 @@ Scenarios:
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,7 +40,7 @@ from vxlan_manager.dataplane import Dataplane
 from vxlan_manager.desired import ZERO_MAC, DesiredState, desired_state
 from vxlan_manager.netlink import Collision, Kernel, NetlinkFailure, dump
 
-from .topo import Fabric, NodeNs, fdb, link_json, ping, vxlan_info
+from .topo import Fabric, NodeNs, fdb, link_json, ping, tcp_transfer, vxlan_info
 
 pytestmark = pytest.mark.root
 
@@ -385,7 +388,12 @@ def test_collisions_with_flannel(fabric3: tuple[Fabric, list[NodeAgent]], tmp_pa
     ],
 )
 def test_drift_repaired(
-    netns: RunNamespaces, tmp_path: Path, create: list[str], attribute: str, in_place: bool
+    netns: RunNamespaces,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    create: list[str],
+    attribute: str,
+    in_place: bool,
 ) -> None:
     fab = Fabric(netns)
     n1 = fab.add_node("na", 1)
@@ -411,8 +419,15 @@ def test_drift_repaired(
     before = vxlan_info(netns, n1.ns, "vmo-vx0")["ifindex"]
     agent = NodeAgent(n1, tmp_path)
     try:
-        res = agent.sync(nodes_of(fab))
+        with caplog.at_level(logging.WARNING, logger="vmoverlay.vxlan-manager"):
+            res = agent.sync(nodes_of(fab))
         assert [d.attribute for d in res.device_repairs] == [attribute]
+        drift = [
+            r
+            for r in caplog.records
+            if r.getMessage() == "device drift, repairing" and r.vmo_fields["device"] == "vmo-vx0"  # type: ignore[attr-defined]
+        ]
+        assert [r.vmo_fields["attribute"] for r in drift] == [attribute]  # type: ignore[attr-defined]
         info = vxlan_info(netns, n1.ns, "vmo-vx0")
         assert (
             info["vni"],
@@ -458,6 +473,68 @@ def test_two_agents_at_once(netns: RunNamespaces, tmp_path: Path) -> None:
     assert fdb(netns, n1.ns) == {(ZERO_MAC, fab.nodes[1].ip)}
 
 
+def test_neighbour_entries_where_useful(fabric3: tuple[Fabric, list[NodeAgent]]) -> None:
+    fab, agents = fabric3
+    run = fab.run
+    a = agents[0]
+    nodes = nodes_of(fab)
+    a.sync(nodes)
+    run.check(a.node.ns, ["ip", "addr", "add", "198.19.255.1/16", "dev", "vmo-br0"])
+    run.check(
+        a.node.ns,
+        [
+            "ip",
+            "neigh",
+            "replace",
+            "198.19.9.9",
+            "lladdr",
+            "02:00:00:00:09:09",
+            "dev",
+            "vmo-br0",
+            "nud",
+            "permanent",
+        ],
+    )
+    vm = api.VirtualMachine.from_obj(
+        {
+            "metadata": {"namespace": "db", "name": "pg-0", "uid": "u"},
+            "status": {
+                "node": "nb",
+                "network": {
+                    "ip": "198.19.0.9",
+                    "prefix": 16,
+                    "mac": "0a:00:00:00:05:01",
+                    "pool": "p",
+                },
+            },
+        }
+    )
+    a.sync(nodes, [vm])  # full: learns the bridge's networks
+    a.sync(nodes, [vm])
+
+    def neigh() -> str:
+        return run.check(a.node.ns, ["ip", "neigh", "show", "dev", "vmo-br0", "nud", "permanent"])
+
+    assert "198.19.0.9 lladdr 0a:00:00:00:05:01" in neigh()
+    here = api.VirtualMachine.from_obj(
+        {
+            "metadata": {"namespace": "db", "name": "pg-0", "uid": "u"},
+            "status": {
+                "node": "na",
+                "network": {
+                    "ip": "198.19.0.9",
+                    "prefix": 16,
+                    "mac": "0a:00:00:00:05:01",
+                    "pool": "p",
+                },
+            },
+        }
+    )
+    a.sync(nodes, [here], full=False)
+    assert "198.19.0.9" not in neigh()
+    assert "198.19.9.9 lladdr 02:00:00:00:09:09" in neigh()  # someone else's entry stays
+
+
 @pytest.mark.parametrize(
     ("underlay_mtu", "v6", "configured", "want"),
     [(1500, True, None, 1430), (9000, False, None, 8950), (1500, False, 1400, 1400)],
@@ -485,11 +562,13 @@ def test_mtu_rules(
         assert info["mtu"] == want and info["local"] == (n1.ip6 if v6 else n1.ip)
         assert link_json(netns, n1.ns, "vmo-br0")["mtu"] == want  # type: ignore[index]
         vm1 = fab.add_vm(n1, "m1", "198.19.0.1", mac="0a:00:00:00:04:01", mtu=want)
-        fab.add_vm(n2, "m2", "198.19.0.2", mac="0a:00:00:00:04:02", mtu=want)
+        vm2 = fab.add_vm(n2, "m2", "198.19.0.2", mac="0a:00:00:00:04:02", mtu=want)
         payload = want - 28
         assert ping(netns, vm1, "198.19.0.2", size=payload, df=True, count=2).returncode == 0
         err = ping(netns, vm1, "198.19.0.2", size=payload + 1, df=True)
         assert err.returncode != 0 and "message too long" in (err.stdout + err.stderr).lower()
+        # A large transfer crosses in full-size segments.
+        assert tcp_transfer(netns, vm2, vm1, "198.19.0.2", 8 << 20) == 8 << 20
     finally:
         for a in agents:
             a.close()

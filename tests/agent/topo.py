@@ -167,3 +167,40 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5001)); s.listen(1); s.settimeout(20)
+print("listening", flush=True)
+c, _ = s.accept(); c.settimeout(20); n = 0
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    n += len(b)
+print(n, flush=True)
+"""
+
+CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 5001), timeout=20)
+c.sendall(b"x" * int(sys.argv[2])); c.close()
+"""
+
+
+def tcp_transfer(run: RunNamespaces, server_ns: str, client_ns: str, ip: str, nbytes: int) -> int:
+    """Send ``nbytes`` over TCP from ``client_ns`` to ``ip`` in ``server_ns``; bytes received."""
+    py = f"{VENV_BIN}/python"
+    server = run.popen(server_ns, [py, "-c", SERVER, ip], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "listening"
+        run.check(client_ns, [py, "-c", CLIENT, ip, str(nbytes)], timeout=30)
+        out, _ = server.communicate(timeout=30)
+        return int(out.strip())
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
