@@ -41,9 +41,7 @@ from e2e.qemu.vm import (
     QemuVM,
     VMConfig,
     ensure_tap,
-    resolve_accel,
 )
-from tests.fixtures.netns import require_root_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -51,29 +49,6 @@ VM_IP = "198.19.0.5"
 VM_MAC = "0a:58:c6:13:00:05"
 CLIENT_IP = "198.19.0.100"
 NETWORK = GuestNetwork(ip=VM_IP, prefix=16, mac=VM_MAC, mtu=1500)
-
-
-def _require_qemu() -> None:
-    require_root_netns()
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip(
-            "qemu-system-x86_64 not installed: apt-get install --no-install-recommends "
-            "qemu-system-x86 busybox-static (scripts/bootstrap.sh installs them)"
-        )
-
-
-@pytest.fixture(scope="session")
-def guest_image() -> GuestImage:
-    _require_qemu()
-    image = ensure_image()
-    action = "reused" if image.reused else "built"
-    print(f"\nguest image {image.key} {action} in {image.build_seconds} s ({image.directory})")
-    return image
-
-
-@pytest.fixture(scope="session")
-def accel(guest_image: GuestImage) -> Accel:
-    return resolve_accel(guest_image.kernel)
 
 
 @pytest.fixture
