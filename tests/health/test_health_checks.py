@@ -100,6 +100,7 @@ def test_healthy_node_has_no_findings() -> None:
         "vxlan.device",
         "bridge",
         "nodes.vtep",
+        "api.records",
         "fdb.peers",
         "fdb.vms",
         "probes",
@@ -248,7 +249,7 @@ def test_vm_entries_follow_vm_status() -> None:
     assert run(healthy(), vms=[vm("x", "b", phase="Stopped")]) == []
 
     f = only(run(healthy(), vms=[vm("x", "gone")]))
-    assert (f.severity, f.property) == (Severity.DEGRADED, "vm.record")
+    assert (f.severity, f.property) == (Severity.DEGRADED, "api.record")
     assert "gone" in f.message
 
 

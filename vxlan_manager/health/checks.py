@@ -44,6 +44,7 @@ CHECK_UNDERLAY = "underlay"
 CHECK_DEVICE = "vxlan.device"
 CHECK_BRIDGE = "bridge"
 CHECK_VTEPS = "nodes.vtep"
+CHECK_RECORDS = "api.records"
 CHECK_FDB = "fdb.peers"
 CHECK_VMS = "fdb.vms"
 CHECK_PROBES = "probes"
@@ -88,6 +89,7 @@ def check_node(
         (CHECK_DEVICE, check_vxlan_device(node, desired.device, observed.vxlan, derived)),
         (CHECK_BRIDGE, check_bridge(node, desired.bridge, observed.bridge, derived)),
         (CHECK_VTEPS, check_duplicate_vteps(nodes, only=node)),
+        (CHECK_RECORDS, check_records(node, desired)),
     ]
     if observed.vxlan is not None:
         steps.append((CHECK_FDB, check_peer_fdb(node, cfg.device, desired, observed)))
@@ -397,11 +399,15 @@ def check_vm_entries(
                 )
             )
     out.extend(_neighbours(node, desired, observed))
-    out.extend(
-        Finding(DEGRADED, node, "vm.record", problem, "fix the named Node or VirtualMachine")
-        for problem in desired.problems
-    )
     return out
+
+
+def check_records(node: str, desired: DesiredState) -> list[Finding]:
+    """Node and VM records the agent cannot place, as its desired state reports them."""
+    return [
+        Finding(DEGRADED, node, "api.record", problem, "fix the named Node or VirtualMachine")
+        for problem in desired.problems
+    ]
 
 
 def _neighbours(node: str, desired: DesiredState, observed: ObservedNode) -> list[Finding]:
