@@ -80,7 +80,8 @@ class PortSpec:
     netns: str
     bridge: str
     mac: str
-    mtu: int | None
+    mtu: int
+    """The container end's MTU (the host end gets the bridge's)."""
     addresses: tuple[IPInterface, ...] = ()
     gateway: IPAddress | None = None
     default_route: bool = True
@@ -202,7 +203,7 @@ def list_ports() -> list[HostPort]:
 # ------------------------------------------------------------- ADD
 
 
-def ensure_port(spec: PortSpec, mtu: int, rollback: Rollback) -> Port:
+def ensure_port(spec: PortSpec, bridge_mtu: int, rollback: Rollback) -> Port:
     """Make the veth pair right, container end configured; the host end not yet bridged."""
     check_netns(spec.netns)
     created = False
@@ -213,15 +214,15 @@ def ensure_port(spec: PortSpec, mtu: int, rollback: Rollback) -> Port:
             remove_port(spec.host_name)
             index = None
         if index is None:
-            index = _create_veth(host, spec, mtu)
+            index = _create_veth(host, spec, bridge_mtu)
             created = True
             rollback.push(f"delete link {spec.host_name}", lambda: _undo_port(spec.host_name))
         with _netlink(f"configure host end {spec.host_name}"):
-            host.link("set", index=index, ifalias=spec.alias, mtu=mtu)
+            host.link("set", index=index, ifalias=spec.alias, mtu=bridge_mtu)
             _no_ipv6_autoconf(host, index)
             host_mac = str(host.link("get", index=index)[0].get_attr("IFLA_ADDRESS"))
-    _configure_container(spec, mtu)
-    return Port(spec.host_name, host_mac, spec.ifname, spec.mac, mtu, created)
+    _configure_container(spec)
+    return Port(spec.host_name, host_mac, spec.ifname, spec.mac, spec.mtu, created)
 
 
 def _undo_port(host_name: str) -> None:
@@ -237,7 +238,7 @@ def check_netns(path: str) -> None:
         )
 
 
-def _create_veth(host: IPRoute, spec: PortSpec, mtu: int) -> int:
+def _create_veth(host: IPRoute, spec: PortSpec, bridge_mtu: int) -> int:
     with _container(spec.netns) as ns, _netlink(f"look up {spec.ifname} in {spec.netns}"):
         if ns.link_lookup(ifname=spec.ifname):
             raise CNIError(
@@ -249,8 +250,8 @@ def _create_veth(host: IPRoute, spec: PortSpec, mtu: int) -> int:
     fd = os.open(spec.netns, os.O_RDONLY)
     try:
         with _netlink(f"create veth pair {spec.host_name}/{spec.ifname}"):
-            peer = {"ifname": spec.ifname, "net_ns_fd": fd, "address": spec.mac, "mtu": mtu}
-            host.link("add", ifname=spec.host_name, kind="veth", mtu=mtu, peer=peer)
+            peer = {"ifname": spec.ifname, "net_ns_fd": fd, "address": spec.mac, "mtu": spec.mtu}
+            host.link("add", ifname=spec.host_name, kind="veth", mtu=bridge_mtu, peer=peer)
     finally:
         os.close(fd)
     index = _index(host, spec.host_name)
@@ -270,10 +271,10 @@ def _peer_in_container(host: IPRoute, index: int, spec: PortSpec) -> bool:
     return bool(link.get_attr("IFLA_LINK") == index)
 
 
-def _configure_container(spec: PortSpec, mtu: int) -> None:
+def _configure_container(spec: PortSpec) -> None:
     with _container(spec.netns) as ns, _netlink(f"configure {spec.ifname} in {spec.netns}"):
         index = ns.link_lookup(ifname=spec.ifname)[0]
-        ns.link("set", index=index, address=spec.mac, mtu=mtu)
+        ns.link("set", index=index, address=spec.mac, mtu=spec.mtu)
         _no_ipv6_autoconf(ns, index)
         ns.link("set", index=index, state="up")
         for address in spec.addresses:

@@ -67,7 +67,7 @@ def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
         pod_name=env.pod_name,
         timeout=conf.timeout,
     )
-    spec = port_spec(conf, env, target)
+    spec = port_spec(conf, env, target, mtu)
     policy = antispoof.PortPolicy(
         port=spec.host_name,
         mac=target.network.mac,
@@ -75,7 +75,7 @@ def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
         anti_spoof=conf.anti_spoof,
         gate=conf.mode == "vm-l2" and target.pod.migration_target,
     )
-    port = _plug(spec, mtu, policy)
+    port = _plug(spec, bridge_mtu, policy)
     log.info(
         "attachment ready",
         vm=f"{target.vm.namespace}/{target.vm.name}",
@@ -88,21 +88,25 @@ def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
         created=port.created,
         gated=policy.gate,
     )
+    return _result(conf.cni_version, spec, port)
+
+
+def _result(version: str, spec: link.PortSpec, port: link.Port) -> dict[str, Any]:
     attached = result.Attached(
         host_name=port.host_name,
         host_mac=port.host_mac,
-        ifname=env.ifname,
+        ifname=spec.ifname,
         mac=port.mac,
         mtu=port.mtu,
-        sandbox=env.netns,
+        sandbox=spec.netns,
         addresses=spec.addresses,
         gateway=spec.gateway,
         default_route=spec.default_route,
     )
-    return result.build(conf.cni_version, attached)
+    return result.build(version, attached)
 
 
-def port_spec(conf: NetConf, env: Env, target: vm.Target) -> link.PortSpec:
+def port_spec(conf: NetConf, env: Env, target: vm.Target, mtu: int) -> link.PortSpec:
     """The interface ADD wants: the VM's MAC and IP (pod), or a silent L2 port (vm-l2)."""
     net = target.network
     if conf.mode == "vm-l2":
@@ -123,18 +127,18 @@ def port_spec(conf: NetConf, env: Env, target: vm.Target) -> link.PortSpec:
         netns=env.netns,
         bridge=conf.bridge,
         mac=mac,
-        mtu=conf.mtu,
+        mtu=mtu,
         addresses=addresses,
         gateway=gateway,
         default_route=conf.default_route and gateway is not None,
     )
 
 
-def _plug(spec: link.PortSpec, mtu: int, policy: antispoof.PortPolicy) -> link.Port:
+def _plug(spec: link.PortSpec, bridge_mtu: int, policy: antispoof.PortPolicy) -> link.Port:
     rollback = link.Rollback()
     done = False
     try:
-        port = link.ensure_port(spec, mtu, rollback)
+        port = link.ensure_port(spec, bridge_mtu, rollback)
         if antispoof.needs_chain(policy):
             antispoof.ensure_port(policy, reset_gate=port.created)
             if port.created:

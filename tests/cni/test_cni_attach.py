@@ -4,6 +4,8 @@ Scenarios:
 - ADD plugs the pod: result shape, container end with the VM's MAC, IP/prefix, MTU
   and default route, host end on the bridge with the bridge's MTU, a port chain;
   CHECK passes; the 0.4.0 result carries ip versions;
+- a configured MTU below the bridge's goes to the container end only (the host end
+  keeps the bridge's); one above the bridge's -> 7, nothing left;
 - C14: ADD twice -> the same result, one link, one chain; DEL twice -> both succeed,
   nothing left, the VM's address untouched; DEL with an empty CNI_NETNS, with the
   pod's namespace gone and with the API server unreachable -> success, the host link
@@ -108,6 +110,22 @@ def test_result_0_4_0(cluster: Cluster) -> None:
     res = node.invoke("ADD", conf, netns=sandbox, pod=(NS, "pg-4-runner")).ok().obj
     assert res is not None and res["cniVersion"] == "0.4.0"
     assert res["ips"][0]["version"] == "4" and "mtu" not in res["interfaces"][1]
+
+
+def test_configured_mtu(cluster: Cluster) -> None:
+    node = cluster.node1
+    make_vm(cluster, "pg-m", "198.19.0.24")
+    vm_pod(cluster, "pg-m-runner", "pg-m")
+    sandbox = node.add_pod("p1")
+    call = node.invoke("ADD", node.conf(mtu=9000), netns=sandbox, pod=(NS, "pg-m-runner"))
+    assert call.code == 7 and "9000" in call.obj["msg"]  # type: ignore[index]
+    assert node.leftovers() == ([], [])
+
+    res = node.invoke("ADD", node.conf(mtu=1400), netns=sandbox, pod=(NS, "pg-m-runner")).ok()
+    assert res.obj is not None and res.obj["interfaces"][1]["mtu"] == 1400
+    eth1 = pod_link(cluster.run, sandbox, "eth1")
+    assert eth1 is not None and eth1["mtu"] == 1400
+    assert node.link(res.obj["interfaces"][0]["name"])["mtu"] == BRIDGE_MTU
 
 
 def test_del_without_netns_or_api(cluster: Cluster, tmp_path: Path) -> None:
