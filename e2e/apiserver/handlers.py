@@ -39,6 +39,7 @@ log = get_logger("lab-apiserver")
 
 MAX_BODY = 3 * 1024 * 1024
 NAMESPACE_SUBRESOURCES = ("status", "finalize")
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -154,30 +155,36 @@ class ResourceHandlers:
         self, request: web.Request, rtype: ResourceType, target: Target, verb: str
     ) -> web.StreamResponse:
         self._check_scope(rtype, target, verb)
-        if verb in ("create", "update", "patch", "delete", "deletecollection"):
+        if verb in WRITE_VERBS:
             failure = self.faults.write_failure(verb, rtype.plural)
             if failure is not None:
                 raise failure
+            if request.query.get("dryRun"):
+                # Refused rather than ignored: ignoring it would write what was only tried.
+                raise errors.bad_request("dryRun is not supported by the lab API server")
+            return await self._write(request, rtype, target, verb)
         q = request.query
-        ns, name, sub = target.namespace, target.name or "", target.subresource
-        if q.get("dryRun"):
-            # Refused rather than ignored: ignoring it would write what the caller only tried.
-            raise errors.bad_request("dryRun is not supported by the lab API server")
-        strict = q.get("fieldValidation") == "Strict"
         if verb == "get":
-            return self._answer(request, rtype, [self.api.get(rtype, ns, name)], single=True)
+            obj = self.api.get(rtype, target.namespace, target.name or "")
+            return self._answer(request, rtype, [obj], single=True)
         if verb == "list":
             listed = self.api.list(
                 rtype,
-                ns,
+                target.namespace,
                 label_selector=q.get("labelSelector"),
                 field_selector=q.get("fieldSelector"),
                 limit=_int(q.get("limit"), "limit"),
                 continue_token=q.get("continue"),
             )
             return self._answer(request, rtype, listed["items"], list_doc=listed)
-        if verb == "watch":
-            return await self._watch(request, rtype, ns)
+        return await self._watch(request, rtype, target.namespace)
+
+    async def _write(
+        self, request: web.Request, rtype: ResourceType, target: Target, verb: str
+    ) -> web.Response:
+        q = request.query
+        ns, name, sub = target.namespace, target.name or "", target.subresource
+        strict = q.get("fieldValidation") == "Strict"
         if verb == "create":
             body = await self._body(request)
             return json_response(self.api.create(rtype, ns, body, strict=strict), 201)
@@ -187,10 +194,11 @@ class ResourceHandlers:
                 self.api.replace(rtype, ns, name, body, subresource=sub, strict=strict)
             )
         if verb == "patch":
-            content_type = request.content_type
             patch = await self._body(request)
             return json_response(
-                self.api.patch(rtype, ns, name, content_type, patch, subresource=sub, strict=strict)
+                self.api.patch(
+                    rtype, ns, name, request.content_type, patch, subresource=sub, strict=strict
+                )
             )
         options = await self._delete_options(request)
         if verb == "delete":
