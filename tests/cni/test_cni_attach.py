@@ -13,7 +13,8 @@ Scenarios:
 - CHECK reports drift: a changed MAC or MTU, a missing interface;
 - ADD before IPAM wrote status.network -> 11 naming the VM, nothing left; ADD that
   waits while IPAM writes it -> success; API unreachable on ADD -> 11;
-- a pod naming its VM by owner reference; a pod naming no VM -> 101;
+- a pod naming its VM by owner reference; a pod naming no VM -> 101; a pod the API
+  does not know -> 101; a pod naming a VM that does not exist -> 102;
 - the target pod of a migration on another node gets the same MAC and IP; DEL of
   the source leaves the target alone;
 - a failure half-way (another default route in the pod) rolls back: nothing left;
@@ -265,6 +266,12 @@ def test_vm_by_owner_and_not_a_vm_pod(cluster: Cluster) -> None:
     other = node.add_pod("p2")
     call = node.invoke("ADD", netns=other, pod=(NS, "web"), container_id="web")
     assert call.code == 101
+    call = node.invoke("ADD", netns=other, pod=(NS, "no-such-pod"), container_id="web")
+    assert call.code == 101 and "does not exist" in call.obj["msg"]  # type: ignore[index]
+    vm_pod(cluster, "ghost-runner", "ghost")
+    conf = node.conf(timeout=0.3)
+    call = node.invoke("ADD", conf, netns=other, pod=(NS, "ghost-runner"), container_id="web")
+    assert call.code == 102 and f"{NS}/ghost" in call.obj["msg"]  # type: ignore[index]
     assert node.host_ports() == [res["interfaces"][0]["name"]]
 
 
