@@ -5,6 +5,7 @@ Scenarios:
   1 unknown cniVersion, 7 missing/ill-typed field, 2 unsupported mode value);
 - environment: missing CNI_COMMAND / CNI_CONTAINERID / CNI_IFNAME / CNI_NETNS give 4,
   DEL does not need CNI_NETNS, CNI_ARGS parses and rejects items without '=';
+- stdout carries only the result: Python and C-level writes to stdout go to stderr;
 - the reply version is the config's when supported, else the latest;
 - the host port name is stable per (container, ifname), 15 characters, and differs
   per interface; the alias round-trips and foreign aliases are ignored;
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -319,3 +322,19 @@ def test_rules_ipv6_vm() -> None:
     six = next(r for r in rules if '"ip6"' in json.dumps(r))
     allowed = six[0]["match"]["right"]["set"]
     assert "2001:2::7" in allowed and {"prefix": {"addr": "fe80::", "len": 10}} in allowed
+
+
+def test_stdout_carries_only_the_result() -> None:
+    script = (
+        "import os, sys\n"
+        "from cni.main import _emit, _reserve_stdout\n"
+        "fd = _reserve_stdout()\n"
+        "print('python noise')\n"
+        "os.write(1, b'C-level noise\\n')\n"
+        "_emit(fd, {'cniVersion': '1.1.0'})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(proc.stdout) == {"cniVersion": "1.1.0"}
+    assert "python noise" in proc.stderr and "C-level noise" in proc.stderr
