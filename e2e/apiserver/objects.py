@@ -164,7 +164,9 @@ class ObjectApi:
             rest = len(items) - limit
             items = items[:limit]
             list_meta["continue"] = encode_continue(self.store.rv, _sort_key(items[-1]))
-            list_meta["remainingItemCount"] = rest
+            if not label_selector and not field_selector:
+                # As on a real server: not counted when a selector filters the list.
+                list_meta["remainingItemCount"] = rest
         return {
             "kind": rtype.list_kind,
             "apiVersion": rtype.api_version,

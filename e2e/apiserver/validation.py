@@ -279,7 +279,7 @@ def _check(schema: dict[str, Any], value: Any, path: str, causes: list[Cause]) -
             (
                 path,
                 "FieldValueTypeInvalid",
-                f"{path}: Invalid value: {_shown(value)}: {path} in body must be of type "
+                f'{path}: Invalid value: "{_json_type(value)}": {path} in body must be of type '
                 f'{wanted}: "{_json_type(value)}"',
             )
         )
