@@ -247,8 +247,10 @@ class ControllerProcess:
         self.env = {**os.environ, **(env or {})}
         self.log_path = workdir / f"ipam-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
     def start(self) -> ControllerProcess:
+        self.starts += 1
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env)
         log.close()
@@ -260,10 +262,6 @@ class ControllerProcess:
             lambda: self.log_text().count('"msg":"serving"') >= self.starts,
             timeout,
         )
-
-    @property
-    def starts(self) -> int:
-        return self.log_text().count('"msg":"starting"')
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

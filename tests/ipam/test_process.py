@@ -344,3 +344,91 @@ def test_c03_fifty_concurrent_allocations_never_report_exhausted_early(
         )
     exhausted = [e for e in lab.events_for_namespace() if e["reason"] == "PoolExhausted"]
     assert exhausted == [], f"told exhausted while addresses were free: {exhausted}"
+
+
+@pytest.mark.slow
+def test_issue_500_vms_two_controllers(lab_api: LabApi, tmp_path: Path) -> None:
+    lab = Lab(lab_api)
+    lab.create_pool("default", "198.19.0.0/16", default=True)
+    with (
+        ControllerProcess(lab_api, tmp_path, "--cooldown", "0") as one,
+        ControllerProcess(lab_api, tmp_path, "--cooldown", "0") as two,
+    ):
+        one.wait_serving()
+        two.wait_serving()
+        create_vms(lab, [f"vm-{i:03d}" for i in range(500)])
+        wait_addressed(lab, 500, timeout=120)
+        wait_for("no stray allocation", lambda: len(lab.allocations()) == 500, timeout=30)
+        check_invariants(lab, expect_vms=500)
+
+
+def test_api_faults_during_a_burst_no_duplicate_no_leak(lab_api: LabApi, tmp_path: Path) -> None:
+    """409s, 500s, dropped watches and an expired watch version while 100 VMs are addressed."""
+    lab = Lab(lab_api)
+    lab.create_pool("default", "198.19.0.0/24", default=True)
+    stop = threading.Event()
+
+    def inject() -> None:
+        rng = random.Random(5)
+        rounds = 0
+        while not stop.wait(0.1):
+            rounds += 1
+            choice = rounds % 4
+            if choice == 0:
+                lab_api.cut_watches()
+            elif choice == 1:
+                lab_api.fail_writes(2, code=409, resource="ipallocations", verbs=["create"])
+            elif choice == 2:
+                lab_api.fail_writes(
+                    2, code=rng.choice([500, 503]), resource="virtualmachines", verbs=["update"]
+                )
+            else:
+                lab_api.compact()
+                lab_api.cut_watches()
+
+    with (
+        ControllerProcess(lab_api, tmp_path, "--cooldown", "0") as one,
+        ControllerProcess(lab_api, tmp_path, "--cooldown", "0") as two,
+    ):
+        one.wait_serving()
+        two.wait_serving()
+        injector = threading.Thread(target=inject)
+        injector.start()
+        try:
+            for i in range(100):
+                lab.create_vm(f"vm-{i:03d}")
+                if i % 3 == 2:
+                    lab.delete_vm(f"vm-{i - 2:03d}")
+                time.sleep(0.01)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            injector.join()
+        lab_api.clear_faults()
+        total = len(lab.vms())
+        assert total == 67
+        wait_addressed(lab, total, timeout=60)
+        wait_for("no leak", lambda: len(lab.allocations()) == total, timeout=30)
+        check_invariants(lab, expect_vms=total)
+    assert lab_api.stats()["faults"]["injected"] >= 10
+
+
+def test_health_ready_and_metrics_endpoints(lab_api: LabApi, tmp_path: Path) -> None:
+    lab = Lab(lab_api)
+    lab.create_pool("default", "198.19.0.0/24", default=True)
+    port = free_port()
+    with ControllerProcess(lab_api, tmp_path, "--metrics-addr", f"127.0.0.1:{port}") as proc:
+        proc.wait_serving()
+        lab.create_vm("pg-0")
+        lab.wait_network("pg-0")
+        base = f"http://127.0.0.1:{port}"
+        for path, body in (("/healthz", b"ok"), ("/readyz", b"serving")):
+            with urllib.request.urlopen(base + path, timeout=5) as answer:
+                assert answer.status == 200 and answer.read().startswith(body)
+        wait_for(
+            "pool metrics", lambda: scrape(port, 'vmoverlay_ipam_pool_allocated{pool="default"}')
+        )
+        assert scrape(port, 'vmoverlay_ipam_pool_size{pool="default"}') == 254
+        assert scrape(port, 'vmoverlay_ipam_pool_free{pool="default"}') == 253
+        assert scrape(port, "vmoverlay_ipam_allocation_duration_seconds_count") == 1
+        assert scrape(port, "vmoverlay_ipam_leader") == 1
