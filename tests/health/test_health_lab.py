@@ -1,6 +1,7 @@
 """Fabric health on a real 4-node lab: the matrix, each injected fault, recovery, the bench.
 
-One lab (4 nodes, 2 VMs, real agents with the prober at a 2 s period) for the module.
+One lab (4 nodes, 2 VMs, real agents with the prober at a 2 s period and no periodic full
+resync, so no agent repairs a fault before the check sees it) for the module.
 
 Scenarios:
 - healthy: every ordered pair of nodes reachable with full-size (1450-byte) probes, no
@@ -47,8 +48,11 @@ def lab() -> Iterator[LabInfo]:
     missing = preflight.problems()
     if missing:
         pytest.skip("the lab cannot run here: " + "; ".join(missing))
-    old = os.environ.get("VMOVERLAY_PROBE_PERIOD")
-    os.environ["VMOVERLAY_PROBE_PERIOD"] = str(PERIOD)  # inherited by the agents
+    # Inherited by the agents: a short probe period, and no periodic full resync during
+    # the module, so an agent never repairs an FDB or VNI fault before the check sees it.
+    env = {"VMOVERLAY_PROBE_PERIOD": str(PERIOD), "VMOVERLAY_RESYNC_PERIOD": "900"}
+    old = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     try:
         with RunNamespaces() as run:
             the_lab = Lab(LabConfig(nodes=len(NODES), vms=2), run)
@@ -60,10 +64,11 @@ def lab() -> Iterator[LabInfo]:
             finally:
                 the_lab.close()
     finally:
-        if old is None:
-            os.environ.pop("VMOVERLAY_PROBE_PERIOD", None)
-        else:
-            os.environ["VMOVERLAY_PROBE_PERIOD"] = old
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def wait_report(lab: LabInfo, want: Any, *, within: float) -> tuple[Report, float]:
