@@ -375,8 +375,18 @@ class Agent:
                 new_vtep=change.new_vtep,
             )
             arrived = local.get(change.vm)
-            if arrived is not None and change.old_node != self.cfg.node and self.cfg.announce:
-                self.announcer.announce(arrived.vm, arrived.ip, arrived.mac)
+            if arrived is not None and change.old_node != self.cfg.node:
+                self._welcome(arrived.vm, arrived.ip, arrived.mac)
+
+    def _welcome(self, vm: str, ip: str, mac: str) -> None:
+        """A VM now runs here: unlearn its old remote location, then announce it."""
+        try:
+            if self.kernel.forget_learned(self.dataplane.vxlan_index, mac):
+                self.log.info("forgot remote location learnt by the bridge", vm=vm, mac=mac)
+        except NetlinkFailure as exc:
+            self.log.warning("could not unlearn the old location", vm=vm, mac=mac, error=str(exc))
+        if self.cfg.announce:
+            self.announcer.announce(vm, ip, mac)
 
     def _count_announcement(self, ann: Announcement) -> None:
         self.metrics.garp.labels(family="ipv6" if ":" in ann.ip else "ipv4").inc()

@@ -52,6 +52,7 @@ from vxlan_manager.desired import (
 OWNER_ALIAS = "vmoverlay:vxlan-manager"
 NUD_STATIC = ndmsg.states["permanent"] | ndmsg.states["noarp"]
 NTF_SELF = ndmsg.flags["self"]
+NTF_MASTER = ndmsg.flags["master"]
 NUD_PERMANENT = ndmsg.states["permanent"]
 RETRY_DUMP_ERRNOS = (errno.EINTR, errno.EBUSY, errno.EAGAIN)
 EXISTS = (errno.EEXIST,)
@@ -434,6 +435,25 @@ class Kernel:
             return FdbEntry(str(msg.get_attr("NDA_LLADDR")).lower(), str(ipaddress.ip_address(dst)))
 
         return set(dump(self.ipr.fdb, "dump", ifindex=index, what="FDB", extract=extract))
+
+    def forget_learned(self, index: int, mac: str) -> bool:
+        """Drop the bridge's *learned* entry for ``mac`` behind port ``index`` (our VXLAN).
+
+        When a VM arrives here, the local bridge still sends its frames to the old
+        node until the VM speaks; without the entry it floods, and the VM's port
+        answers. Only the entry behind our VXLAN port is removed; the bridge has no
+        static entry for a VM MAC there (we never make one).
+        """
+        self.log.debug("netlink fdb", command="del", mac=mac, table="bridge")
+        try:
+            self.ipr.neigh(
+                "del", family=socket.AF_BRIDGE, ifindex=index, lladdr=mac, flags=NTF_MASTER
+            )
+        except NetlinkError as exc:
+            if exc.code in GONE:
+                return False
+            raise _fail("remove", f"learnt bridge entry {mac}", exc) from exc
+        return True
 
     def apply_fdb(self, index: int, plan: FdbPlan) -> None:
         """Removals last, so a peer's traffic always has somewhere to go."""

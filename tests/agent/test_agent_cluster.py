@@ -9,7 +9,8 @@ Scenarios:
   a stray flood entry toward a non-node goes at the next resync; flannel.1's entries and
   settings are never touched; one log line per change with old and new VTEP;
 - migration: a VM record moving B -> C moves A's entry at once; its port moving to A with
-  the record: A announces it (5 GARP rounds counted) and B's bridge learns it via VXLAN;
+  the record: A unlearns the VM's old location behind VXLAN, announces it (5 GARP rounds
+  counted) and B's bridge learns it via VXLAN;
 - C10 (process level): VNI 1 / port 8472 beside flannel.1 exits with code 3 naming
   flannel.1 and creates nothing;
 - C11 restarts: kill -9 / SIGTERM the agent five times while a VM pings across nodes:
@@ -162,16 +163,21 @@ def test_migration_announces_arrival(cluster: Cluster) -> None:
     vm2 = c.fab.add_vm(nb, "v2", "198.19.0.2", mac=MAC2, mtu=1450)
     assert ping(run, vm1, "198.19.0.2").returncode == 0
 
+    def behind_vxlan(ns: str) -> bool:
+        out = run.check(ns, ["bridge", "fdb", "show", "br", "vmo-br0"])
+        return any(line.startswith(MAC2) and "dev vmo-vx0" in line for line in out.splitlines())
+
+    assert behind_vxlan(na.ns)  # na's bridge learnt pg-2 behind VXLAN from its broadcasts
+    # A migrating guest stays silent until it announces itself; no IPv6 chatter here.
+    for key in ("all", "eth0"):
+        run.check(vm2, ["sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"])
     # Move pg-2's port from nb to na (the stop-and-copy switch-over), then its record.
     run.check(nb.ns, ["ip", "link", "set", "p-v2", "netns", na.ns])
     run.check(na.ns, ["ip", "link", "set", "p-v2", "master", "vmo-br0", "up"])
     c.put_vm("pg-2", "na", ip="198.19.0.2", mac=MAC2)
 
-    def learnt_via_vxlan() -> bool:
-        out = run.check(nb.ns, ["bridge", "fdb", "show", "br", "vmo-br0"])
-        return any(line.startswith(MAC2) and "dev vmo-vx0" in line for line in out.splitlines())
-
-    wait_for(learnt_via_vxlan, timeout=1.5, what="nb's bridge learns pg-2 behind VXLAN")
+    wait_for(lambda: behind_vxlan(nb.ns), timeout=1.5, what="nb's bridge learns pg-2 behind VXLAN")
+    wait_for(lambda: not behind_vxlan(na.ns), timeout=1.0, what="na unlearns pg-2's old location")
     wait_for(
         lambda: c.metric("na", "vmoverlay_agent_garp_sent_total") == 5,
         timeout=3,
