@@ -389,6 +389,7 @@ class Prober:
         self._round_at: float | None = None
         self.problems: list[str] = []
         self.probe_ip: str | None = None
+        self._last_state: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="prober", daemon=True)
 
@@ -456,13 +457,29 @@ class Prober:
             self.problems = problems
         if self.metrics is not None:
             self.metrics.update(results)
-        down = [r.peer for r in results if not r.reachable]
-        mtu_bad = [r.peer for r in results if r.mtu_ok is False]
-        if down or mtu_bad:
-            self.log.warning("probe round", peers=len(results), down=down, mtu_lost=mtu_bad)
-        else:
-            self.log.debug("probe round", peers=len(results))
+        self._log_changes(results)
         return results
+
+    def _log_changes(self, results: Sequence[ProbeResult]) -> None:
+        """One line per peer whose state changed (not one per round: periods are short)."""
+        state = {r.peer: _state(r) for r in results}
+        for peer, now in sorted(state.items()):
+            before = self._last_state.get(peer)
+            if now == before:
+                continue
+            fields = {"peer": peer, "was": before or "unknown", "now": now}
+            if now == "ok":
+                self.log.info("peer probe state changed", **fields)
+            else:
+                self.log.warning("peer probe state changed", **fields)
+        self._last_state = state
+        self.log.debug("probe round", peers=len(results))
+
+
+def _state(r: ProbeResult) -> str:
+    if not r.reachable:
+        return "unreachable"
+    return "ok" if r.mtu_ok else "full-size lost"
 
 
 def _aged(r: ProbeResult, age: float) -> ProbeResult:
