@@ -131,12 +131,8 @@ def ensure_image(*, cache_dir: Path | None = None, pg_major: int = PG_MAJOR) -> 
     started = time.monotonic()
     with _step("prepare-cache"):
         root.mkdir(parents=True, exist_ok=True)
-    inputs = resolve_inputs(pg_major)
-    directory = root / f"guest-{inputs.key()}"
     with _locked(root / "guest.lock"):
-        reused = _complete(directory)
-        if not reused:
-            _build(inputs, directory)
+        inputs, directory, reused = _build_unless_cached(root, pg_major)
     image = GuestImage(
         directory=directory,
         kernel=directory / "vmlinuz",
@@ -149,6 +145,30 @@ def ensure_image(*, cache_dir: Path | None = None, pg_major: int = PG_MAJOR) -> 
     )
     log.info("guest image ready", key=image.key, reused=reused, seconds=image.build_seconds)
     return image
+
+
+def _build_unless_cached(root: Path, pg_major: int) -> tuple[ImageInputs, Path, bool]:
+    """(inputs, image directory, reused); builds when the directory is not complete."""
+    inputs = resolve_inputs(pg_major)
+    directory = root / f"guest-{inputs.key()}"
+    if _complete(directory):
+        return inputs, directory, True
+    try:
+        _build(inputs, directory)
+    except ImageBuildError as exc:
+        if exc.step != "download-kernel":
+            raise
+        # Stale apt lists can name a kernel the mirror no longer has (a security
+        # update replaced it): refresh them once and build what they name now.
+        log.info("kernel download failed; apt-get update and retry", cause=exc.cause)
+        with _step("download-kernel"):
+            _run(["apt-get", "update", "-qq"])
+        inputs = resolve_inputs(pg_major)
+        directory = root / f"guest-{inputs.key()}"
+        if _complete(directory):
+            return inputs, directory, True
+        _build(inputs, directory)
+    return inputs, directory, False
 
 
 def resolve_inputs(pg_major: int = PG_MAJOR) -> ImageInputs:

@@ -15,7 +15,7 @@ Scenarios:
 - query-migrate answers become figures, or MigrationError with QEMU's message;
 - the QMP client negotiates, skips events, matches replies by id and raises
   QMPError for an error reply and for a closed socket;
-- error messages say what to do.
+- error messages say what to do; a failed build step names itself and its cause.
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ from typing import Any
 import pytest
 
 from e2e.qemu import kmod
-from e2e.qemu.errors import GuestNotReadyError, MigrationError, QemuMissingError, QMPError
+from e2e.qemu.errors import (
+    GuestNotReadyError,
+    ImageBuildError,
+    MigrationError,
+    QemuMissingError,
+    QMPError,
+)
 from e2e.qemu.image import (
     GuestImage,
     ImageInputs,
@@ -403,3 +409,21 @@ def test_error_messages_say_what_to_do() -> None:
     not_ready = str(GuestNotReadyError("pg-0", "no marker within 5 s", ["line 1", "Kernel panic"]))
     assert "failed to boot guest pg-0: no marker" in not_ready
     assert not_ready.endswith("    line 1\n    Kernel panic")
+
+
+def test_build_steps_name_themselves_on_failure() -> None:
+    from e2e.qemu import image
+
+    failure = subprocess.CalledProcessError(
+        100, ["apt-get", "download", "x"], "", "E: 404 Not Found"
+    )
+    with pytest.raises(ImageBuildError) as caught, image._step("download-kernel"):
+        raise failure
+    assert caught.value.step == "download-kernel"
+    assert str(caught.value) == (
+        "failed to build the guest image at step 'download-kernel': "
+        "apt-get download x exited 100: E: 404 Not Found"
+    )
+    with pytest.raises(ImageBuildError, match="at step 'initramfs': OSError: disk full"):
+        with image._step("initramfs"):
+            raise OSError("disk full")
