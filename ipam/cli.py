@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="hold a coordination.k8s.io Lease so one replica serves (default on)",
     )
-    run.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "vmoverlay"))
+    run.add_argument(
+        "--lease-namespace", default=os.environ.get("POD_NAMESPACE", "vmoverlay-system")
+    )
     run.add_argument("--lease-name", default=LEASE_NAME)
     run.add_argument(
         "--lease-duration",
