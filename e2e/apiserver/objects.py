@@ -348,6 +348,18 @@ class ObjectApi:
         name: str,
         options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """Delete; the answer is what a real server sends (see :func:`delete_answer`)."""
+        obj, removed = self._delete(rtype, namespace, name, options)
+        return delete_answer(rtype, obj) if removed else obj
+
+    def _delete(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        options: dict[str, Any] | None,
+    ) -> tuple[dict[str, Any], bool]:
+        """The object after the delete, and whether it is gone (not held by finalizers)."""
         old = self.get(rtype, namespace, name)
         options = options or {}
         _check_preconditions(rtype, old, options.get("preconditions") or {})
@@ -356,17 +368,17 @@ class ObjectApi:
         m = meta(old)
         if m.get("finalizers") or rtype.key == NAMESPACE_KEY:
             if m.get("deletionTimestamp"):
-                return old
+                return old, False
             marked = copy.deepcopy(old)
             marked["metadata"]["deletionTimestamp"] = now()
             marked["metadata"]["deletionGracePeriodSeconds"] = 0
             if rtype.key == NAMESPACE_KEY:
-                marked.setdefault("status", {})["phase"] = "Terminating"
+                marked["status"] = {**(old.get("status") or {}), "phase": "Terminating"}
             stored = self.store.put(rtype.key, marked)
             if rtype.key == NAMESPACE_KEY:
                 self.schedule(lambda: self._empty_namespace(name))
-            return stored
-        return self._remove(rtype, old, orphan=orphan)
+            return stored, False
+        return self._remove(rtype, old, orphan=orphan), True
 
     def delete_collection(
         self,
@@ -384,7 +396,7 @@ class ObjectApi:
         for obj in listed["items"]:
             m = meta(obj)
             try:
-                items.append(self.delete(rtype, m.get("namespace"), m["name"], options))
+                items.append(self._delete(rtype, m.get("namespace"), m["name"], options)[0])
             except ApiError as exc:
                 if exc.code != 404:
                     raise
@@ -504,6 +516,27 @@ class ObjectApi:
             causes += validate_schema(rtype.schema, obj)
         if causes:
             raise errors.invalid(rtype.kind, rtype.group, name, causes)
+
+
+# Types whose immediate deletion answers the deleted object; the others answer a
+# Status (Success), as their storage on a real server does.
+RETURNS_DELETED_OBJECT = ("/pods", "/serviceaccounts")
+
+
+def delete_answer(rtype: ResourceType, removed: dict[str, Any]) -> dict[str, Any]:
+    if rtype.key in RETURNS_DELETED_OBJECT:
+        return removed
+    details: dict[str, Any] = {"name": meta(removed).get("name"), "kind": rtype.plural}
+    if rtype.group:
+        details["group"] = rtype.group
+    details["uid"] = meta(removed).get("uid")
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    }
 
 
 def apply_patch(rtype: ResourceType, old: dict[str, Any], content_type: str, patch: Any) -> Any:

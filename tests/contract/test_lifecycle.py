@@ -1,8 +1,10 @@
 """Contract: deletion, finalizers, garbage collection and (lab only) persistence.
 
 Scenarios:
-- delete of an object with a finalizer sets deletionTimestamp and keeps it;
-  removing the last finalizer deletes it;
+- delete of an object with a finalizer answers the object with deletionTimestamp
+  and keeps it; removing the last finalizer deletes it;
+- an immediate delete of a custom resource or ConfigMap answers a Success Status
+  naming the object;
 - deleting an owner deletes its dependents (background propagation), both for a
   namespaced owner and for a cluster-scoped owner of a cluster-scoped dependent;
 - a dependent with a second, living owner survives and only loses the reference;
@@ -19,7 +21,7 @@ from kubernetes import client as k8s
 
 from tests.contract.conftest import Cluster, wait_for
 from vmoverlay import api
-from vmoverlay.kube import CustomObjects, NotFound
+from vmoverlay.kube import CustomObjects, NotFound, to_dict
 
 
 def owner_ref(obj: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +54,10 @@ def test_finalizer_holds_deletion(cluster: Cluster) -> None:
     ns, name = cluster.namespace, cluster.name("fin")
     objs = CustomObjects(cluster.client())
     objs.create(api.VM_PLURAL, vm(name, finalizers=["vmoverlay.io/test"]), ns)
-    objs.delete(api.VM_PLURAL, name, ns)
+    answer = objs.api.delete_namespaced_custom_object(
+        api.GROUP, api.VERSION, ns, api.VM_PLURAL, name
+    )
+    assert answer["kind"] == api.VM_KIND and answer["metadata"]["deletionTimestamp"]
     held = objs.get(api.VM_PLURAL, name, ns)
     assert held["metadata"]["deletionTimestamp"]
     objs.api.patch_namespaced_custom_object(
@@ -150,3 +155,18 @@ def test_persistence_across_restart(cluster: Cluster, how: str) -> None:
     assert again == kept
     later = objs.create(api.VM_PLURAL, vm(cluster.name("after")), ns)
     assert int(later["metadata"]["resourceVersion"]) > int(kept["metadata"]["resourceVersion"])
+
+
+def test_immediate_delete_answers_status(cluster: Cluster) -> None:
+    ns, name = cluster.namespace, cluster.name("del")
+    objs = CustomObjects(cluster.client())
+    made = objs.create(api.VM_PLURAL, vm(name), ns)
+    answer = objs.api.delete_namespaced_custom_object(
+        api.GROUP, api.VERSION, ns, api.VM_PLURAL, name
+    )
+    assert (answer["kind"], answer["status"]) == ("Status", "Success")
+    assert answer["details"]["name"] == name and answer["details"]["uid"] == made["metadata"]["uid"]
+    core = k8s.CoreV1Api(cluster.client())
+    core.create_namespaced_config_map(ns, {"metadata": {"name": name}})
+    status = to_dict(core.api_client, core.delete_namespaced_config_map(name, ns))
+    assert status["status"] == "Success" and status["details"]["name"] == name
