@@ -7,7 +7,8 @@ that ends (server timeout, dropped connection) resumes from the last version
 seen; a 410 Gone (the version is too old) or any other error relists. A
 relist compares the fresh list with the cache and reports the differences as
 ADDED / MODIFIED / DELETED, so an object deleted while the watch was down is
-still reported as deleted, with its last known state.
+still reported as deleted, with its last known state (also when another
+object took its name meanwhile: a different UID is a different object).
 
 The handler runs on the informer's thread and must be quick (it only queues
 keys). A periodic resync is the controller's business: it re-queues every key.
@@ -35,6 +36,10 @@ def object_key(obj: Obj) -> str:
     meta = obj.get("metadata") or {}
     ns = meta.get("namespace")
     return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
+
+
+def _uid(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
 
 
 def _rv(obj: Obj) -> str:
@@ -103,15 +108,18 @@ class Informer:
         fresh = {object_key(o): o for o in answer.get("items") or []}
         with self._lock:
             old, self._cache = self._cache, dict(fresh)
+        for key, before in old.items():
+            obj = fresh.get(key)
+            if obj is None or _uid(obj) != _uid(before):
+                # Gone, or deleted and created again under the same name while the
+                # watch was down: the old object's deletion must be reported too.
+                self._handler(DELETED, before, None)
         for key, obj in fresh.items():
             before = old.get(key)
-            if before is None:
+            if before is None or _uid(before) != _uid(obj):
                 self._handler(ADDED, None, obj)
             elif _rv(before) != _rv(obj):
                 self._handler(MODIFIED, before, obj)
-        for key, before in old.items():
-            if key not in fresh:
-                self._handler(DELETED, before, None)
         return str((answer.get("metadata") or {}).get("resourceVersion") or "")
 
     def _watch_from(self, version: str) -> None:
