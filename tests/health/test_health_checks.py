@@ -4,7 +4,7 @@ Scenarios:
 - a healthy node yields no finding and exit code 0, and lists every check it ran;
 - a missing device, a wrong VNI / port / local address / master, a device down: broken,
   naming the property, expected and observed values;
-- a wrong MTU or learning setting: degraded; a derived MTU larger than a shrunk underlay
+- a wrong MTU or learning setting, a VM port whose MTU differs from the overlay's: degraded; a derived MTU larger than a shrunk underlay
   allows is the underlay's finding, not the device's;
 - the underlay MTU too small for the overlay MTU (+50 IPv4, +70 IPv6): broken;
 - a missing all-zero entry for a peer: broken, naming the peer;
@@ -99,6 +99,7 @@ def test_healthy_node_has_no_findings() -> None:
         "underlay",
         "vxlan.device",
         "bridge",
+        "bridge.ports",
         "nodes.vtep",
         "api.records",
         "fdb.peers",
@@ -322,3 +323,17 @@ def test_cluster_diagnosis_points_at_the_common_node() -> None:
     one = [p if (p.node, p.peer) != ("a", "b") else pair("a", "b", up=False) for p in mesh()]
     assert checks.diagnose_cluster(one) == []
     assert checks.diagnose_cluster(mesh(a="down", b="down", c="down", d="down")) == []
+
+
+def test_vm_port_mtu_must_match_the_overlay() -> None:
+    good = Link(7, "veth-a", "veth", 1450, 4, True, None, None)
+    big = Link(8, "veth-b", "veth", 1500, 4, True, None, None)
+    assert run(healthy(ports=(good,)), vms=[]) == []
+    f = only(run(healthy(ports=(good, big)), vms=[]))
+    assert (f.severity, f.property, f.peer, f.expected, f.observed) == (
+        Severity.DEGRADED,
+        "bridge.port_mtu",
+        "veth-b",
+        "1450",
+        "1500",
+    )

@@ -8,6 +8,7 @@ Scenarios (one node namespace, "a", VTEP 198.18.0.1; peers b and c; a VM on b):
   entry is not mistaken for a stale one);
 - the underlay link's MTU lowered to 1400 under a 1450 overlay: broken, underlay.mtu;
 - the VM's entry pointing at c instead of b: broken, vm.fdb, peer db/x;
+- a VM port on the bridge with MTU 1500 under a 1450 overlay: degraded, bridge.port_mtu;
 - the device missing: broken, vxlan.device (and the portless bridge falls back to MTU 1500).
 """
 
@@ -108,3 +109,12 @@ def test_missing_device(node: HandBuiltNode) -> None:
     assert sorted(by_property) == ["underlay.mtu", "vxlan.device"]
     assert by_property["vxlan.device"].severity == Severity.BROKEN
     assert "vmo-br0 mtu is 1500" in by_property["underlay.mtu"].message
+
+
+def test_vm_port_with_wrong_mtu(node: HandBuiltNode) -> None:
+    node.ip("link", "add", "vm-port", "mtu", "1500", "type", "veth", "peer", "name", "vm-eth")
+    node.ip("link", "set", "vm-port", "master", "vmo-br0", "up")
+    f = only(node.check())
+    assert (f.property, f.peer, f.observed) == ("bridge.port_mtu", "vm-port", "1500")
+    node.ip("link", "set", "vm-port", "mtu", "1450")
+    assert node.check().findings == []

@@ -43,6 +43,7 @@ BROKEN, DEGRADED = Severity.BROKEN, Severity.DEGRADED
 CHECK_UNDERLAY = "underlay"
 CHECK_DEVICE = "vxlan.device"
 CHECK_BRIDGE = "bridge"
+CHECK_PORTS = "bridge.ports"
 CHECK_VTEPS = "nodes.vtep"
 CHECK_RECORDS = "api.records"
 CHECK_FDB = "fdb.peers"
@@ -88,6 +89,7 @@ def check_node(
         (CHECK_UNDERLAY, check_underlay_mtu(cfg, underlay, observed)),
         (CHECK_DEVICE, check_vxlan_device(node, desired.device, observed.vxlan, derived)),
         (CHECK_BRIDGE, check_bridge(node, desired.bridge, observed.bridge, derived)),
+        (CHECK_PORTS, check_port_mtus(node, desired.bridge, observed.ports)),
         (CHECK_VTEPS, check_duplicate_vteps(nodes, only=node)),
         (CHECK_RECORDS, check_records(node, desired)),
     ]
@@ -201,6 +203,31 @@ def check_bridge(
     if not link.up:
         out.append(_down(node, "bridge.up", wanted.name))
     return out
+
+
+def check_port_mtus(node: str, bridge: BridgeSpec, ports: Sequence[Link]) -> list[Finding]:
+    """Every VM port on the bridge has the overlay MTU (CNI sets it; drift breaks big frames)."""
+    return [
+        Finding(
+            DEGRADED,
+            node,
+            "bridge.port_mtu",
+            f"port {port.name} on {bridge.name} has mtu {port.mtu}, the overlay's is "
+            f"{bridge.mtu}: "
+            + (
+                "frames larger than the overlay carries are dropped without an error"
+                if port.mtu > bridge.mtu
+                else "the VM behind it cannot use full-size frames"
+            ),
+            f"`ip link set {port.name} mtu {bridge.mtu}` and check the VM's own MTU "
+            "(status.network.mtu); the CNI plugin sets both when it plugs the VM",
+            peer=port.name,
+            expected=str(bridge.mtu),
+            observed=str(port.mtu),
+        )
+        for port in sorted(ports, key=lambda p: p.name)
+        if port.mtu != bridge.mtu
+    ]
 
 
 def _down(node: str, prop: str, name: str) -> Finding:

@@ -31,7 +31,8 @@ def observe_node(cfg: AgentConfig, ipr: IPRoute | None = None) -> ObservedNode:
 
 
 def _observe(cfg: AgentConfig, kernel: Kernel) -> ObservedNode:
-    links = {link.name: link for link in kernel.links()}
+    all_links = kernel.links()
+    links = {link.name: link for link in all_links}
     vxlan = links.get(cfg.device)
     if vxlan is not None and vxlan.vxlan is None:
         vxlan = None  # something else holds the name: as good as missing for the overlay
@@ -39,6 +40,11 @@ def _observe(cfg: AgentConfig, kernel: Kernel) -> ObservedNode:
     fdb = frozenset(kernel.fdb_entries(vxlan.index)) if vxlan else frozenset()
     neighbours = frozenset(kernel.neighbours(bridge.index)) if bridge else frozenset()
     networks = tuple(kernel.networks(bridge.index)) if bridge else ()
+    ports = tuple(
+        link
+        for link in all_links
+        if bridge and link.master == bridge.index and (vxlan is None or link.index != vxlan.index)
+    )
     log.debug(
         "observed data plane",
         node=cfg.node,
@@ -55,4 +61,5 @@ def _observe(cfg: AgentConfig, kernel: Kernel) -> ObservedNode:
         fdb=fdb,
         neighbours=neighbours,
         bridge_networks=networks,
+        ports=ports,
     )

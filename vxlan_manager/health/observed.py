@@ -32,3 +32,4 @@ class ObservedNode:
     fdb: frozenset[FdbEntry] = frozenset()  # static entries with a remote, on our device
     neighbours: frozenset[NeighEntry] = frozenset()  # permanent entries on the bridge
     bridge_networks: tuple[str, ...] = ()  # networks of the bridge's addresses
+    ports: tuple[Link, ...] = ()  # the bridge's other ports (VM ports), not the VXLAN device
