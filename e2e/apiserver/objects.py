@@ -3,7 +3,8 @@
 This is where the server behaves like the real one; HTTP parsing lives in the
 handlers, storage in :mod:`e2e.apiserver.store`. The rules implemented here:
 
-- create: ``generateName``, ``uid``, ``creationTimestamp``, ``generation`` 1;
+- create: ``generateName``, ``uid``, ``creationTimestamp``, ``generation`` 1 (for
+  the types that track it: custom resources, CRDs, apps, PodDisruptionBudgets);
   409 AlreadyExists on a taken name; 404 when the namespace does not exist;
   a custom resource's status is dropped when it has a status subresource
   (set it through ``/status``), a Pod's status starts as ``Pending``.
@@ -206,7 +207,8 @@ class ObjectApi:
             m.pop(field, None)
         m["uid"] = str(uuid.uuid4())
         m["creationTimestamp"] = now()
-        m["generation"] = 1
+        if tracks_generation(rtype):
+            m["generation"] = 1
         self._initial_status(rtype, obj)
         self._admit(rtype, obj, strict=strict)
         stored = self.store.put(rtype.key, obj)
@@ -325,7 +327,7 @@ class ObjectApi:
         candidate["apiVersion"], candidate["kind"] = rtype.api_version, rtype.kind
         _check_new_finalizers(rtype, old, candidate)
         self._admit(rtype, candidate, strict=strict, old=old)
-        if _spec_part(rtype, old) != _spec_part(rtype, candidate):
+        if tracks_generation(rtype) and _spec_part(rtype, old) != _spec_part(rtype, candidate):
             candidate["metadata"]["generation"] = int(meta(old).get("generation") or 1) + 1
         if rtype.key == CRD_KEY:
             candidate["status"] = crd_status(candidate, old.get("status"))
@@ -612,6 +614,19 @@ def _check_new_finalizers(rtype: ResourceType, old: dict[str, Any], new: dict[st
                 )
             ],
         )
+
+
+GENERATION_TYPES = (
+    CRD_KEY,
+    "apps/deployments",
+    "apps/daemonsets",
+    "policy/poddisruptionbudgets",
+)
+
+
+def tracks_generation(rtype: ResourceType) -> bool:
+    """Whether a real (v1.32) server keeps metadata.generation for this type."""
+    return rtype.custom or rtype.key in GENERATION_TYPES
 
 
 def _spec_part(rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
