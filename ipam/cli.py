@@ -12,8 +12,9 @@ cannot run (no API server, lost leadership), 2 for bad flags.
 
 Test-only environment variables (never set them in production):
 ``VMOVERLAY_IPAM_TEST_COMMIT_DELAY`` (seconds between choosing an address and
-creating its allocation) and ``VMOVERLAY_IPAM_TEST_SWEEP_PAUSE`` (seconds
-between the leak sweeper's two lists).
+creating its allocation), ``VMOVERLAY_IPAM_TEST_STATUS_DELAY`` (seconds between
+creating it and writing the VM's status) and ``VMOVERLAY_IPAM_TEST_SWEEP_PAUSE``
+(seconds between the leak sweeper's two lists).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         sweep_interval=args.sweep_interval,
         cluster_cidrs=tuple(args.cluster_cidr),
         test_commit_delay=hooks["test_commit_delay"],
+        test_status_delay=hooks["test_status_delay"],
         test_sweep_pause=hooks["test_sweep_pause"],
     )
     try:

@@ -91,10 +91,12 @@ ADOPT_AFTER = 2.0
 # A pool that looks full only because a VM briefly holds two addresses: look again.
 TRANSIENT_FULL_RETRY = 0.2
 
-# Test-only hooks (never set in production): a pause between choosing an
-# address and creating its allocation (C01), and between the sweeper's two
-# lists (C02). Values are seconds.
+# Test-only hooks (never set in production), in seconds: a pause between
+# choosing an address and creating its allocation (C01), between creating it
+# and writing the VM's status (to kill the controller there), and between the
+# sweeper's two lists (C02).
 ENV_TEST_COMMIT_DELAY = "VMOVERLAY_IPAM_TEST_COMMIT_DELAY"
+ENV_TEST_STATUS_DELAY = "VMOVERLAY_IPAM_TEST_STATUS_DELAY"
 ENV_TEST_SWEEP_PAUSE = "VMOVERLAY_IPAM_TEST_SWEEP_PAUSE"
 
 
@@ -112,6 +114,7 @@ class ControllerConfig:
     cluster_cidrs: tuple[str, ...] = ()
     watch_timeout: int = 30
     test_commit_delay: float = 0.0
+    test_status_delay: float = 0.0
     test_sweep_pause: float = 0.0
 
     @classmethod
@@ -119,6 +122,7 @@ class ControllerConfig:
         """The test-only delays from the environment (0 when unset)."""
         return {
             "test_commit_delay": float(os.environ.get(ENV_TEST_COMMIT_DELAY) or 0),
+            "test_status_delay": float(os.environ.get(ENV_TEST_STATUS_DELAY) or 0),
             "test_sweep_pause": float(os.environ.get(ENV_TEST_SWEEP_PAUSE) or 0),
         }
 
@@ -576,6 +580,8 @@ class IPAMController:
         )
         name = api.allocation_name(layout.name, ip)
         current: Obj | None = obj
+        if self.config.test_status_delay:
+            time.sleep(self.config.test_status_delay)
         for _ in range(STATUS_ATTEMPTS):
             assert current is not None
             try:

@@ -432,3 +432,23 @@ def test_health_ready_and_metrics_endpoints(lab_api: LabApi, tmp_path: Path) -> 
         assert scrape(port, 'vmoverlay_ipam_pool_free{pool="default"}') == 253
         assert scrape(port, "vmoverlay_ipam_allocation_duration_seconds_count") == 1
         assert scrape(port, "vmoverlay_ipam_leader") == 1
+
+
+def test_killed_between_allocation_and_status_write(lab_api: LabApi, tmp_path: Path) -> None:
+    """The issue's crash test: the restarted controller gives the VM that same address."""
+    lab = Lab(lab_api)
+    lab.create_pool("default", "198.19.0.0/24", default=True)
+    slow = ControllerProcess(lab_api, tmp_path, env={"VMOVERLAY_IPAM_TEST_STATUS_DELAY": "30"})
+    with slow:
+        slow.wait_serving()
+        vm = lab.create_vm("pg-0")
+        (alloc,) = wait_for("the allocation", lab.allocations)
+        slow.kill()
+    assert lab.network("pg-0") is None, "killed before the status write"
+    assert alloc["spec"]["vm"]["uid"] == vm["metadata"]["uid"]
+    with ControllerProcess(lab_api, tmp_path) as proc:
+        proc.wait_serving()
+        net = lab.wait_network("pg-0")
+        assert net["ip"] == alloc["spec"]["ip"]
+        time.sleep(0.5)
+        check_invariants(lab, expect_vms=1)
