@@ -47,14 +47,14 @@ def announce_delays(rounds: int = ROUNDS) -> list[float]:
     return delays
 
 
-def packet_socket(ns: str, ifname: str) -> socket.socket:
-    """An AF_PACKET socket bound to ``ifname`` inside namespace ``ns``."""
+def packet_socket(ns: str, ifname: str, proto: int = ETH_P_RARP) -> socket.socket:
+    """An AF_PACKET socket for ethertype ``proto``, bound to ``ifname`` inside namespace ``ns``."""
     box: list[socket.socket | BaseException] = []
 
     def opener() -> None:
         try:
             enter_thread(ns)
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_RARP))
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
             sock.bind((ifname, 0))
             box.append(sock)
         except (OSError, RuntimeError) as exc:
