@@ -108,12 +108,12 @@ class Informer:
         fresh = {object_key(o): o for o in answer.get("items") or []}
         with self._lock:
             old, self._cache = self._cache, dict(fresh)
-        for key, before in old.items():
-            obj = fresh.get(key)
-            if obj is None or _uid(obj) != _uid(before):
+        for key, gone in old.items():
+            now = fresh.get(key)
+            if now is None or _uid(now) != _uid(gone):
                 # Gone, or deleted and created again under the same name while the
                 # watch was down: the old object's deletion must be reported too.
-                self._handler(DELETED, before, None)
+                self._handler(DELETED, gone, None)
         for key, obj in fresh.items():
             before = old.get(key)
             if before is None or _uid(before) != _uid(obj):
