@@ -30,6 +30,7 @@ from vxlan_manager.desired import (
     BridgeSpec,
     DesiredState,
     FdbEntry,
+    VMPlacement,
     VxlanSpec,
     desired_state,
     diff_device,
@@ -379,54 +380,55 @@ def check_vm_entries(
     out: list[Finding] = []
     for vm in desired.remote_vms:
         dsts = sorted(have.get(vm.mac, []))
-        if vm.vtep in dsts and len(dsts) == 1:
-            continue
-        if not dsts:
-            out.append(
-                Finding(
-                    DEGRADED,
-                    node,
-                    "vm.fdb",
-                    f"no FDB entry for VM {vm.vm} ({vm.mac}) toward {vm.node} ({vm.vtep}): "
-                    "its frames are flooded to every node until learned",
-                    _restart_agent(node) + " (it programs an entry per remote VM)",
-                    peer=vm.vm,
-                    expected=vm.vtep,
-                )
-            )
-            continue
-        out.append(
-            Finding(
-                DEGRADED if vm.vm in migrating else BROKEN,
-                node,
-                "vm.fdb",
-                f"FDB entry for VM {vm.vm} ({vm.mac}) points at {', '.join(dsts)}, but the VM "
-                f"runs on {vm.node} ({vm.vtep})",
-                _restart_agent(node)
-                + f"; or `bridge fdb replace {vm.mac} dev {dev} dst {vm.vtep}`",
-                peer=vm.vm,
-                expected=vm.vtep,
-                observed=", ".join(dsts),
-            )
-        )
+        if dsts != [vm.vtep]:
+            out.append(_remote_vm_entry(node, dev, vm, dsts, vm.vm in migrating))
     for vm in desired.local_vms:
         dsts = sorted(have.get(vm.mac, []))
         if dsts:
-            out.append(
-                Finding(
-                    BROKEN,
-                    node,
-                    "vm.fdb",
-                    f"VM {vm.vm} ({vm.mac}) runs on this node but {dev} has an entry sending "
-                    f"its frames to {', '.join(dsts)}",
-                    _restart_agent(node) + f"; or `bridge fdb del {vm.mac} dev {dev}`",
-                    peer=vm.vm,
-                    expected=f"no entry on {dev}",
-                    observed=", ".join(dsts),
-                )
-            )
+            out.append(_local_vm_entry(node, dev, vm, dsts))
     out.extend(_neighbours(node, desired, observed))
     return out
+
+
+def _remote_vm_entry(
+    node: str, dev: str, vm: VMPlacement, dsts: list[str], migrating: bool
+) -> Finding:
+    if not dsts:
+        return Finding(
+            DEGRADED,
+            node,
+            "vm.fdb",
+            f"no FDB entry for VM {vm.vm} ({vm.mac}) toward {vm.node} ({vm.vtep}): "
+            "its frames are flooded to every node until learned",
+            _restart_agent(node) + " (it programs an entry per remote VM)",
+            peer=vm.vm,
+            expected=vm.vtep,
+        )
+    return Finding(
+        DEGRADED if migrating else BROKEN,
+        node,
+        "vm.fdb",
+        f"FDB entry for VM {vm.vm} ({vm.mac}) points at {', '.join(dsts)}, but the VM "
+        f"runs on {vm.node} ({vm.vtep})",
+        _restart_agent(node) + f"; or `bridge fdb replace {vm.mac} dev {dev} dst {vm.vtep}`",
+        peer=vm.vm,
+        expected=vm.vtep,
+        observed=", ".join(dsts),
+    )
+
+
+def _local_vm_entry(node: str, dev: str, vm: VMPlacement, dsts: list[str]) -> Finding:
+    return Finding(
+        BROKEN,
+        node,
+        "vm.fdb",
+        f"VM {vm.vm} ({vm.mac}) runs on this node but {dev} has an entry sending "
+        f"its frames to {', '.join(dsts)}",
+        _restart_agent(node) + f"; or `bridge fdb del {vm.mac} dev {dev}`",
+        peer=vm.vm,
+        expected=f"no entry on {dev}",
+        observed=", ".join(dsts),
+    )
 
 
 def check_records(node: str, desired: DesiredState) -> list[Finding]:
