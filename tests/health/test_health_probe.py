@@ -6,7 +6,7 @@ Scenarios:
 - echo request checksum and reply parsing;
 - the probe address is put on the bridge once, an old pool address replaced;
 - three nodes on a fabric bridge, overlay built with `ip`: every peer reachable with full-size
-  frames; lowering one node's underlay MTU makes full-size probes to it fail (reachable, MTU
+  frames; a probe one byte over the overlay MTU fails at once with "message too long"; lowering one node's underlay MTU makes full-size probes to it fail (reachable, MTU
   lost); dropping VXLAN UDP on one node's underlay makes it unreachable; after both faults are
   removed the very next round is healthy again (no cached path MTU);
 - metrics vmoverlay_peer_{reachable,rtt_seconds,mtu_ok}{node,peer} follow the results.
@@ -187,6 +187,18 @@ def test_probe_rounds_see_faults_and_recover(fabric: Fabric) -> None:
         assert (r.reachable, r.mtu_ok, r.probe_size, r.error) == (True, True, 1450, None)
         assert r.rtt_seconds is not None and 0 < r.rtt_seconds < 0.5
     assert registry.get_sample_value("vmoverlay_peer_mtu_ok", {"node": "n1", "peer": "n3"}) == 1
+
+    # One byte over the overlay MTU fails at once, locally, with "message too long" (C12).
+    def oversize() -> list[ProbeResult]:
+        icmp = IcmpProber(source="198.18.255.1")
+        try:
+            return icmp.round([Target("n2", "198.18.255.2")], mtu=1451, node="n1", timeout=0.5)
+        finally:
+            icmp.close()
+
+    over = in_netns(fabric.ns["n1"], oversize)[0]
+    assert (over.reachable, over.mtu_ok) == (True, False)
+    assert "Message too long" in (over.error or "")
 
     # Lower n3's underlay: full-size frames toward it are dropped, small ones pass.
     fabric.run.check(fabric.ns["n3"], ["ip", "link", "set", "eth0", "mtu", "1400"])
