@@ -14,7 +14,8 @@ Scenarios:
 - C10 (process level): VNI 1 / port 8472 beside flannel.1 exits with code 3 naming
   flannel.1 and creates nothing;
 - C11 restarts: kill -9 / SIGTERM the agent five times while a VM pings across nodes:
-  same ifindex, no FDB change seen by a netlink monitor, no lost probe;
+  same ifindex, no FDB change seen by a netlink monitor, no lost probe; two agent
+  processes started at once on one node both run without an "already exists" failure;
 - API away: the lab API hangs (SIGSTOP), then goes down for 3 s and comes back: entries
   stay, the watches retry and relist, a change made after it returns is applied;
 - teardown (CLI, in a node namespace) removes only the agent's devices and state.
@@ -254,6 +255,42 @@ def test_restarts_keep_data_plane_untouched(cluster: Cluster) -> None:
     summary = next(line for line in out.splitlines() if "packets transmitted" in line)
     sent, received = int(summary.split()[0]), int(summary.split()[3])
     assert sent > 100 and received == sent, summary
+
+
+def test_two_agent_processes_at_once(cluster: Cluster) -> None:
+    c = cluster
+    na = c.nodes["na"]
+    first = c.start_agent("na", log_name="agent-na.log")
+    second = c.run.popen(
+        na.ns,
+        [
+            str(BIN / "vxlan-manager"),
+            "run",
+            "--node",
+            "na",
+            "--kubeconfig",
+            str(c.kubeconfig),
+            "--metrics-addr",
+            "127.0.0.1:9465",
+            "--state-dir",
+            str(c.tmp / "state"),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(c.tmp / "agent-na-2.log").open("wb"),
+    )
+    try:
+        c.wait_ready("na")
+        wait_for(lambda: len(fdb(c.run, na.ns)) == 2, timeout=10, what="flood entries")
+        time.sleep(1)
+        assert first.poll() is None and second.poll() is None
+        assert "already exists" not in (c.tmp / "agent-na-2.log").read_text().lower()
+        assert "reconcile failed" not in (c.tmp / "agent-na.log").read_text()
+        assert {d for _, d in fdb(c.run, na.ns)} == {c.nodes["nb"].ip, c.nodes["nc"].ip}
+    finally:
+        second.kill()
+        second.wait()
 
 
 def test_teardown_removes_only_what_we_own(cluster: Cluster) -> None:
