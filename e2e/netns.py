@@ -180,9 +180,11 @@ def leftover_runs() -> dict[str, list[str]]:
     return {run: names for run, names in runs.items() if not run_is_alive(run)}
 
 
-def remove_leftovers() -> Iterator[str]:
-    """Remove the namespaces of dead runs, yielding each name removed."""
+def remove_leftovers(only: str | None = None) -> Iterator[str]:
+    """Remove the namespaces of dead runs (or of dead run ``only``), yielding each name."""
     for run_id, names in leftover_runs().items():
+        if only is not None and run_id != only:
+            continue
         for name in names:
             remove_namespace(name)
             yield name

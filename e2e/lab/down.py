@@ -22,13 +22,14 @@ from e2e.netns import NetnsError, leftover_runs, remove_leftovers
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vmoverlay-lab down", description=__doc__.split("\n")[0])
-    parser.parse_args(argv)
+    parser.add_argument("--run", help="only this run id (still only if its process is gone)")
+    args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("vmoverlay-lab down: needs root (sudo make lab-down)", file=sys.stderr)
         return 2
-    runs = list(leftover_runs())
+    runs = [r for r in leftover_runs() if args.run in (None, r)]
     try:
-        removed = list(remove_leftovers())
+        removed = list(remove_leftovers(only=args.run))
     except NetnsError as exc:
         print(f"vmoverlay-lab down: failed to remove a leftover namespace: {exc}", file=sys.stderr)
         return 1

@@ -170,7 +170,10 @@ class Lab:
     # --- bring-up ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self.progress(f"building the topology: fabric, control plane, {len(self.nodes)} nodes")
+        self.progress(
+            f"run {self.run.run_id}: building the topology: fabric, control plane, "
+            f"{len(self.nodes)} nodes"
+        )
         self._topology()
         self.progress("starting the lab API server and the IPAM controller")
         self._control_plane()

@@ -1,0 +1,96 @@
+"""``vmoverlay-lab down`` / ``status`` and the gate's clean-up on SIGTERM, as root.
+
+Scenarios:
+- ``down --run ID`` removes the namespaces of a run whose process died and
+  leaves a live run's namespaces alone; ``status --json`` lists the dead run as a
+  leftover before and not after;
+- the gate stopped by SIGTERM in the middle of its migrations exits 130 and
+  leaves no namespace, pid file or process of its run behind;
+- bad arguments are refused with exit code 2 before anything is created.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from e2e.lab import down, status
+from e2e.netns import STATE_DIR, RunNamespaces, list_namespaces
+from tests.fixtures.netns import require_root_netns
+
+pytestmark = pytest.mark.root
+ROOT = Path(__file__).resolve().parents[2]
+
+CRASHING_RUN = """
+import os
+from e2e.netns import RunNamespaces
+run = RunNamespaces()
+run.add("crashed")
+print(run.run_id, flush=True)
+os._exit(0)  # no close(): what a crash leaves behind
+"""
+
+
+def test_down_removes_only_dead_runs(
+    netns: RunNamespaces, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live = netns.add("alive")
+    out = subprocess.run(
+        [sys.executable, "-c", CRASHING_RUN], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    dead_id = out.stdout.strip()
+    dead = f"vmo-{dead_id}-crashed"
+    assert dead in list_namespaces()
+    assert dead_id in status.collect()["leftovers"]
+
+    assert down.main(["--run", dead_id]) == 0
+    assert f"removed {dead}" in capsys.readouterr().out
+    assert dead not in list_namespaces()
+    assert live in list_namespaces()
+    assert not (STATE_DIR / f"{dead_id}.pid").exists()
+    assert dead_id not in status.collect()["leftovers"]
+    assert netns.run_id not in status.collect()["leftovers"]
+
+
+def test_gate_cleans_up_on_sigterm(tmp_path: Path) -> None:
+    require_root_netns()
+    argv = [sys.executable, "-m", "e2e.cli", "gate", "--vms", "1", "--migrations", "3"]
+    argv += ["--clients", "2", "--log-dir", str(tmp_path / "logs")]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    run_id, lines = None, []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            found = re.search(r"run ([0-9a-f]{6}):", line)
+            run_id = run_id or (found.group(1) if found else None)
+            if "migration 1/3" in line:
+                break
+        assert run_id, "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, "".join(lines)
+    assert not [n for n in list_namespaces() if n.startswith(f"vmo-{run_id}-")]
+    assert not (STATE_DIR / f"{run_id}.pid").exists()
+    time.sleep(0.5)
+    leftover = subprocess.run(["pgrep", "-f", f"vmo-{run_id}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
+
+
+def test_gate_refuses_bad_arguments() -> None:
+    argv = [sys.executable, "-m", "e2e.cli", "gate", "--nodes", "1"]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--nodes >= 2" in proc.stderr
+    assert "Traceback" not in proc.stderr
