@@ -258,6 +258,7 @@ class ResourceHandlers:
             timeout=timeout,
             bookmarks=_true(q.get("allowWatchBookmarks")),
             initial_events_end=_true(q.get("sendInitialEvents")),
+            as_table="as=Table" in request.headers.get("Accept", ""),
         )
         return await serve_watch(request, self.api.store, req, self.bookmark_interval)
 

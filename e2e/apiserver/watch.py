@@ -13,7 +13,8 @@ ADDED and one that stops matching as DELETED. ``allowWatchBookmarks`` adds a
 BOOKMARK every ``bookmark_interval`` seconds; ``sendInitialEvents=true`` sends
 the current objects as ADDED whatever the resourceVersion (a streaming list)
 and ends them with the ``k8s.io/initial-events-end`` bookmark.
-``timeoutSeconds`` ends the stream cleanly.
+``timeoutSeconds`` ends the stream cleanly. When the client asks for
+``as=Table`` (``kubectl get --watch``) each object is sent as a one-row Table.
 
 The subscription is made before the replay, so no event can fall between the
 replay and the live part; events at or below the last one sent are skipped.
@@ -30,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from e2e.apiserver import errors
+from e2e.apiserver.discovery import table
 from e2e.apiserver.resources import ResourceType
 from e2e.apiserver.store import RESET, Event, Store
 
@@ -51,6 +53,7 @@ class WatchRequest:
         timeout: float,
         bookmarks: bool,
         initial_events_end: bool,
+        as_table: bool = False,
     ) -> None:
         self.rtype = rtype
         self.namespace = namespace
@@ -59,6 +62,16 @@ class WatchRequest:
         self.timeout = timeout
         self.bookmarks = bookmarks
         self.initial_events_end = initial_events_end
+        self.as_table = as_table
+
+    def line(self, kind: str, obj: dict[str, Any], shared: Event | None = None) -> bytes:
+        """One event line; objects become one-row Tables for kubectl get --watch."""
+        if self.as_table:
+            rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+            return _line(kind, table(self.rtype, [obj], {"resourceVersion": rv}))
+        if shared is not None and shared.type == kind:
+            return shared.line()
+        return _line(kind, obj)
 
 
 def _line(kind: str, obj: dict[str, Any]) -> bytes:
@@ -77,17 +90,15 @@ def translate(event: Event, req: WatchRequest) -> bytes | None:
     if req.namespace is not None and event.namespace != req.namespace:
         return None
     now_match = req.match(event.obj)
-    if event.type == "ADDED":
-        return event.line() if now_match else None
-    if event.type == "DELETED":
-        return event.line() if now_match else None
+    if event.type in ("ADDED", "DELETED"):
+        return req.line(event.type, event.obj, event) if now_match else None
     was_match = event.old is not None and req.match(event.old)
     if now_match and was_match:
-        return event.line()
+        return req.line("MODIFIED", event.obj, event)
     if now_match:
-        return _line("ADDED", event.obj)
+        return req.line("ADDED", event.obj)
     if was_match:
-        return _line("DELETED", event.obj)
+        return req.line("DELETED", event.obj)
     return None
 
 
@@ -142,7 +153,7 @@ async def _send_initial(
     if start_rv is None or req.initial_events_end:
         for obj in store.list_objects(req.rtype.key, req.namespace):
             if req.match(obj):
-                chunks.append(_line("ADDED", obj))
+                chunks.append(req.line("ADDED", obj))
         if req.initial_events_end and req.bookmarks:
             chunks.append(_bookmark(req.rtype, last, initial_end=True))
     else:

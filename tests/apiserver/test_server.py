@@ -21,8 +21,9 @@ Scenarios:
 - garbage collection: Orphan keeps dependents, a dependent created with an
   absent owner is collected; deleting a namespace deletes its contents; deleting
   a CRD deletes its objects and its discovery entry;
-- discovery: /api, /apis, /version; kubectl get and apply work against it (with
-  server-side strict field validation: an unknown field is refused);
+- discovery: /api, /apis, /version; kubectl get, get --watch (Table rows) and
+  apply work against it (with server-side strict field validation: an unknown
+  field is refused);
 - metadata checks: bad label keys/values 422, new finalizers on a deleting
   object 422, unsupported field selectors 400, dryRun refused 400.
 """
@@ -536,6 +537,24 @@ def test_kubectl(lab_api_module: LabApi) -> None:
     with pytest.raises(subprocess.CalledProcessError) as err:
         kubectl("apply", "-f", str(manifest))
     assert 'unknown field "spec.gatewai"' in err.value.stderr
+    with pytest.raises(subprocess.TimeoutExpired) as watched:
+        subprocess.run(
+            [
+                "kubectl",
+                "--kubeconfig",
+                str(lab.kubeconfig),
+                "get",
+                "ns",
+                "-w",
+                "--output-watch-events",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    out = watched.value.stdout
+    text = out.decode() if isinstance(out, bytes) else str(out)
+    assert "STATUS" in text and "ADDED" in text and "Active" in text
 
 
 def test_metadata_checks(lab_api_module: LabApi) -> None:
