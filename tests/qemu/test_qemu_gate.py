@@ -30,11 +30,20 @@ def test_gate_qemu_mode_one_migration(accel: str, tmp_path: Path) -> None:
     summary = tmp_path / "gate.json"
     argv = [sys.executable, "-m", "e2e.cli", "gate", "--mode", "qemu", "--nodes", "2"]
     argv += ["--vms", "1", "--migrations", "1", "--clients", "2", "--json", str(summary)]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, env=env)
-    progress = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("["))
-    print(f"\n{progress}\n{proc.stdout}")
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=270)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not SIGKILL: the gate removes its namespaces on SIGTERM.
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"the gate did not finish within 270 s:\n{stderr[-3000:]}")
+    progress = "\n".join(line for line in stderr.splitlines() if line.startswith("["))
+    print(f"\n{progress}\n{stdout}")
 
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, stderr[-3000:]
     doc = json.loads(summary.read_text())
     assert doc["passed"] and doc["reasons"] == []
     assert doc["settings"]["mode"] == "qemu"
