@@ -287,17 +287,16 @@ class QemuVM:
     def serial_tail(self, count: int = 20) -> list[str]:
         return self.serial_lines()[-count:]
 
-    def wait_ready(self, timeout: float = 180.0, *, since_line: int = 0) -> float:
+    def wait_ready(self, timeout: float = 180.0) -> float:
         """Wait for the guest's readiness marker; return seconds since QEMU started.
 
-        ``since_line`` skips serial lines already seen (a migration target's log
-        starts empty, so it is 0 there too). Raises :class:`GuestNotReadyError`
-        with the last serial lines when QEMU exits, the guest's init reports a
-        failure, or ``timeout`` passes.
+        Raises :class:`GuestNotReadyError` with the last serial lines when QEMU
+        exits, the guest's init reports a failure, or ``timeout`` passes. (A
+        migration target never prints the marker: its guest was ready already.)
         """
         deadline = time.monotonic() + timeout
         while True:
-            lines = self.serial_lines()[since_line:]
+            lines = self.serial_lines()
             if any(line.startswith(READY_MARKER) for line in lines):
                 elapsed = round(time.monotonic() - self.started, 2)
                 log.info("guest ready", vm=self.config.name, seconds=elapsed, accel=self.accel)
