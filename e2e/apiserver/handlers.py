@@ -32,6 +32,7 @@ from e2e.apiserver.faults import Faults
 from e2e.apiserver.objects import ObjectApi
 from e2e.apiserver.patch import JSON_PATCH, MERGE_PATCH
 from e2e.apiserver.resources import ResourceType
+from e2e.apiserver.views import ViewApi, resource_api, storage_selector
 from e2e.apiserver.watch import DEFAULT_TIMEOUT, WatchRequest, serve_watch
 from vmoverlay.logs import get_logger
 
@@ -164,12 +165,12 @@ class ResourceHandlers:
                 raise errors.bad_request("dryRun is not supported by the lab API server")
             return await self._write(request, rtype, target, verb)
         q = request.query
+        ops = resource_api(self.api, rtype)
         if verb == "get":
-            obj = self.api.get(rtype, target.namespace, target.name or "")
+            obj = ops.get(target.namespace, target.name or "")
             return self._answer(request, rtype, [obj], single=True)
         if verb == "list":
-            listed = self.api.list(
-                rtype,
+            listed = ops.list(
                 target.namespace,
                 label_selector=q.get("labelSelector"),
                 field_selector=q.get("fieldSelector"),
@@ -183,29 +184,25 @@ class ResourceHandlers:
         self, request: web.Request, rtype: ResourceType, target: Target, verb: str
     ) -> web.Response:
         q = request.query
+        ops = resource_api(self.api, rtype)
         ns, name, sub = target.namespace, target.name or "", target.subresource
         strict = q.get("fieldValidation") == "Strict"
         if verb == "create":
             body = await self._body(request)
-            return json_response(self.api.create(rtype, ns, body, strict=strict), 201)
+            return json_response(ops.create(ns, body, strict=strict), 201)
         if verb == "update":
             body = await self._body(request)
-            return json_response(
-                self.api.replace(rtype, ns, name, body, subresource=sub, strict=strict)
-            )
+            return json_response(ops.replace(ns, name, body, subresource=sub, strict=strict))
         if verb == "patch":
             patch = await self._body(request)
             return json_response(
-                self.api.patch(
-                    rtype, ns, name, request.content_type, patch, subresource=sub, strict=strict
-                )
+                ops.patch(ns, name, request.content_type, patch, subresource=sub, strict=strict)
             )
         options = await self._delete_options(request)
         if verb == "delete":
-            return json_response(self.api.delete(rtype, ns, name, options))
+            return json_response(ops.delete(ns, name, options))
         return json_response(
-            self.api.delete_collection(
-                rtype,
+            ops.delete_collection(
                 ns,
                 label_selector=q.get("labelSelector"),
                 field_selector=q.get("fieldSelector"),
@@ -250,11 +247,19 @@ class ResourceHandlers:
     ) -> web.StreamResponse:
         q = request.query
         timeout = float(_int(q.get("timeoutSeconds"), "timeoutSeconds") or DEFAULT_TIMEOUT)
+        ops = resource_api(self.api, rtype)
+        if isinstance(ops, ViewApi):
+            match = self.api.matcher(
+                ops.stored, q.get("labelSelector"), storage_selector(q.get("fieldSelector"))
+            )
+        else:
+            match = self.api.matcher(rtype, q.get("labelSelector"), q.get("fieldSelector"))
         req = WatchRequest(
             rtype=rtype,
             namespace=namespace,
             resource_version=q.get("resourceVersion"),
-            match=self.api.matcher(rtype, q.get("labelSelector"), q.get("fieldSelector")),
+            match=match,
+            convert=ops.out if isinstance(ops, ViewApi) else None,
             timeout=timeout,
             bookmarks=_true(q.get("allowWatchBookmarks")),
             initial_events_end=_true(q.get("sendInitialEvents")),

@@ -116,7 +116,7 @@ class ObjectApi:
 
     def _resume_cleanup(self) -> None:
         """After a restart, finish what a crash may have cut short: collection, namespaces."""
-        for rtype in {t.key: t for t in self.registry.all()}.values():
+        for rtype in self.registry.stored_types():
             for obj in self.store.list_objects(rtype.key):
                 if meta(obj).get("ownerReferences"):
                     self.gc.check_owners(rtype, obj)
@@ -433,7 +433,7 @@ class ObjectApi:
         if ns is None or not meta(ns).get("deletionTimestamp"):
             return
         left = 0
-        for rtype in {t.key: t for t in self.registry.all() if t.namespaced}.values():
+        for rtype in [t for t in self.registry.stored_types() if t.namespaced]:
             for obj in self.store.list_objects(rtype.key, namespace):
                 if not meta(obj).get("deletionTimestamp"):
                     self._delete_quietly(rtype, namespace, meta(obj)["name"])
@@ -682,18 +682,6 @@ FIELD_LABELS: dict[str, tuple[str, ...]] = {
         "reason",
         "reportingComponent",
         "source",
-        "type",
-    ),
-    "events.k8s.io/events": (
-        "regarding.kind",
-        "regarding.namespace",
-        "regarding.name",
-        "regarding.uid",
-        "regarding.apiVersion",
-        "regarding.resourceVersion",
-        "regarding.fieldPath",
-        "reason",
-        "reportingController",
         "type",
     ),
 }

@@ -12,8 +12,9 @@ them: the lab starts the components itself.
 Storage is keyed by ``group/plural`` (:attr:`ResourceType.key`), so every served
 version of a custom resource shares one set of objects, as on a real server.
 
-# Limitation: core/v1 Events and events.k8s.io/v1 Events are stored apart (the
-# real server converts between them); a client reads back what it wrote.
+events.k8s.io/v1 Events are a *view* of the core/v1 Events (``storage_key``
+``/events``): one set of objects, converted on the way in and out by
+:mod:`e2e.apiserver.views`, as on a real server.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ GROUP_RESOURCES: tuple[tuple[str, str, str, str, bool, bool, tuple[str, ...]], .
 )
 
 CRD_KEY = "apiextensions.k8s.io/customresourcedefinitions"
+VIEWS = {"events.k8s.io/events": "/events"}  # view -> storage key of the stored type
 NAMESPACE_KEY = "/namespaces"
 
 
@@ -88,6 +90,7 @@ class ResourceType:
     printer_columns: tuple[PrinterColumn, ...] = ()
     selectable_fields: tuple[str, ...] = ()
     custom: bool = False
+    storage_key: str = ""  # set for a view of another type's objects
     verbs: tuple[str, ...] = field(
         default=(
             "create",
@@ -103,7 +106,12 @@ class ResourceType:
 
     @property
     def key(self) -> str:
-        return f"{self.group}/{self.plural}"
+        """Where its objects are stored (and watched): ``group/plural`` unless a view."""
+        return self.storage_key or f"{self.group}/{self.plural}"
+
+    @property
+    def is_view(self) -> bool:
+        return bool(self.storage_key)
 
     @property
     def api_version(self) -> str:
@@ -144,6 +152,7 @@ def builtin_types() -> list[ResourceType]:
             has_status=status,
             singular=kind.lower(),
             short_names=short,
+            storage_key=VIEWS.get(f"{group}/{plural}", ""),
         )
         for group, version, plural, kind, namespaced, status, short in GROUP_RESOURCES
     ]
@@ -209,11 +218,19 @@ class Registry:
         return self._types.get((group, version, plural))
 
     def by_key(self, key: str) -> ResourceType | None:
-        """Any served version of the resource stored under ``key``."""
+        """A served version of the resource stored under ``key`` (never a view)."""
         for rtype in self._types.values():
-            if rtype.key == key:
+            if rtype.key == key and not rtype.is_view:
                 return rtype
         return None
+
+    def stored_types(self) -> list[ResourceType]:
+        """One type per storage key (no views): what to walk to visit every object."""
+        out: dict[str, ResourceType] = {}
+        for rtype in self._types.values():
+            if not rtype.is_view:
+                out.setdefault(rtype.key, rtype)
+        return list(out.values())
 
     def register_crd(self, crd: dict[str, Any]) -> list[ResourceType]:
         name = str((crd.get("metadata") or {}).get("name", ""))

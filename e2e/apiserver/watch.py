@@ -54,6 +54,7 @@ class WatchRequest:
         bookmarks: bool,
         initial_events_end: bool,
         as_table: bool = False,
+        convert: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.rtype = rtype
         self.namespace = namespace
@@ -63,9 +64,13 @@ class WatchRequest:
         self.bookmarks = bookmarks
         self.initial_events_end = initial_events_end
         self.as_table = as_table
+        self.convert = convert
 
     def line(self, kind: str, obj: dict[str, Any], shared: Event | None = None) -> bytes:
         """One event line; objects become one-row Tables for kubectl get --watch."""
+        if self.convert is not None:
+            obj = self.convert(obj)
+            shared = None
         if self.as_table:
             rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
             return _line(kind, table(self.rtype, [obj], {"resourceVersion": rv}))

@@ -11,6 +11,9 @@ Scenarios:
 - core types through the official client: Node create keeps status, strategic
   merge of Node labels and status conditions (by type), Pod field selector
   spec.nodeName, Leases (CoordinationV1Api), events.k8s.io Events (EventsV1Api);
+- events.k8s.io/v1 and core/v1 Events are one set of objects: each API reads,
+  selects (regarding.name / involvedObject.name), patches and watches what the
+  other wrote, with the fields converted;
 - watch: BOOKMARK events when asked, sendInitialEvents ends with the
   initial-events-end bookmark; cutting watches ends streams and Watch resumes
   from its last resourceVersion without losing events; cutting with reset breaks
@@ -639,3 +642,75 @@ def test_pod_validation(lab_api_module: LabApi) -> None:
     with pytest.raises(ApiException) as err:
         core.patch_namespaced_pod("pv", "default", {"spec": {"nodeName": "elsewhere"}})
     assert err.value.status == 422 and "pod updates may not change" in err.value.body
+
+
+def test_events_apis_share_objects(lab_api_module: LabApi) -> None:
+    c = lab_api_module.client()
+    core, events = k8s.CoreV1Api(c), k8s.EventsV1Api(c)
+    ns = "default"
+    rv = core.list_namespaced_event(ns).metadata.resource_version
+    events.create_namespaced_event(
+        ns,
+        {
+            "metadata": {"name": "shared-1"},
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+            "reportingController": "vmoverlay.io/ipam",
+            "reportingInstance": "ipam-0",
+            "action": "Allocate",
+            "reason": "Allocated",
+            "note": "took 198.19.0.7",
+            "type": "Normal",
+            "regarding": {"kind": "VirtualMachine", "name": "shared-vm", "namespace": ns},
+        },
+    )
+    (seen,) = core.list_namespaced_event(ns, field_selector="involvedObject.name=shared-vm").items
+    assert (seen.message, seen.reporting_component, seen.involved_object.kind) == (
+        "took 198.19.0.7",
+        "vmoverlay.io/ipam",
+        "VirtualMachine",
+    )
+    core.create_namespaced_event(
+        ns,
+        {
+            "metadata": {"name": "shared-2"},
+            # The official client's EventsV1Event insists on eventTime, which legacy
+            # core events may lack (real servers then send null).
+            "eventTime": "2026-01-01T00:00:01.000000Z",
+            "reportingComponent": "vxlan-manager",
+            "reportingInstance": "na",
+            "action": "Reconcile",
+            "involvedObject": {"kind": "Node", "name": "shared-node"},
+            "reason": "VtepChanged",
+            "message": "now 198.18.0.9",
+            "type": "Warning",
+        },
+    )
+    (back,) = events.list_namespaced_event(ns, field_selector="regarding.name=shared-node").items
+    assert (back.note, back.regarding.name, back.type) == (
+        "now 198.18.0.9",
+        "shared-node",
+        "Warning",
+    )
+    patched = events.patch_namespaced_event("shared-2", ns, {"note": "now 198.18.0.10"})
+    assert patched.note == "now 198.18.0.10"
+    assert core.read_namespaced_event("shared-2", ns).message == "now 198.18.0.10"
+    seen_types = []
+    for event in watch.Watch().stream(
+        events.list_namespaced_event, ns, resource_version=rv, timeout_seconds=2
+    ):
+        seen_types.append(
+            (event["type"], event["object"].metadata.name, event["raw_object"]["apiVersion"])
+        )
+        if len(seen_types) == 3:
+            break
+    assert seen_types == [
+        ("ADDED", "shared-1", "events.k8s.io/v1"),
+        ("ADDED", "shared-2", "events.k8s.io/v1"),
+        ("MODIFIED", "shared-2", "events.k8s.io/v1"),
+    ]
+    events.delete_namespaced_event("shared-1", ns)
+    assert [
+        e.metadata.name
+        for e in core.list_namespaced_event(ns).items
+        if e.metadata.name.startswith("shared-")
+    ] == ["shared-2"]
