@@ -25,13 +25,14 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
 
 from ipam.allocator import PoolInvalid, parse_network
 from ipam.controller import ControllerConfig, IPAMController, default_identity
 from ipam.leader import LeaseElector
 from ipam.metrics import IPAMMetrics
 from vmoverlay import kube
-from vmoverlay.logs import add_logging_args, get_logger, setup_logging
+from vmoverlay.logs import StructLogger, add_logging_args, get_logger, setup_logging
 from vmoverlay.metrics import HealthServer, parse_listen
 
 DEFAULT_METRICS_ADDR = "127.0.0.1:9465"
@@ -96,41 +97,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT or lost leadership; the exit code of the command."""
     log = get_logger("ipam")
-    hooks = ControllerConfig.test_hooks_from_env()
-    config = ControllerConfig(
-        workers=args.workers,
-        cooldown=args.cooldown,
-        grace=args.grace,
-        resync=args.resync,
-        sweep_interval=args.sweep_interval,
-        cluster_cidrs=tuple(args.cluster_cidr),
-        test_commit_delay=hooks["test_commit_delay"],
-        test_status_delay=hooks["test_status_delay"],
-        test_sweep_pause=hooks["test_sweep_pause"],
-    )
     try:
         client = kube.load_client(args.kubeconfig)
     except kube.KubeError as exc:
         log.error(f"failed to load Kubernetes configuration: {exc}")
         return 1
-
     metrics = IPAMMetrics()
-    controller = IPAMController(client, config, metrics, log)
-    stop = threading.Event()
-    lost = threading.Event()
-    elector = None
-    if args.leader_elect:
-        elector = LeaseElector(
-            client,
-            name=args.lease_name,
-            namespace=args.lease_namespace,
-            identity=args.identity,
-            log=log,
-            lease_seconds=args.lease_duration,
-            renew_seconds=args.lease_duration * 2 / 3,
-            retry_seconds=args.lease_duration / 7.5,
-        )
+    controller = IPAMController(client, controller_config(args), metrics, log)
+    elector = lease_elector(args, client, log) if args.leader_elect else None
 
     def ready() -> tuple[bool, str]:
         if controller.ready.is_set():
@@ -144,19 +120,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error(f"failed to listen on {args.metrics_addr}: {exc}; pick another --metrics-addr")
         return 1
+    stop, lost, failed = threading.Event(), threading.Event(), threading.Event()
     _on_signals(stop)
-    log.info(
-        "starting", metrics=f"{server.address[0]}:{server.address[1]}", leader_elect=bool(elector)
-    )
+    host, port = server.address
+    log.info("starting", metrics=f"{host}:{port}", leader_elect=elector is not None)
 
     if elector is not None:
-
-        def on_lost() -> None:
-            lost.set()
-            stop.set()
-
-        elector.run(stop, on_lost=on_lost)
-    failed = threading.Event()
+        elector.run(stop, on_lost=lambda: _set_all(lost, stop))
     if not stop.is_set():
         metrics.leader.set(1)
         threading.Thread(
@@ -168,11 +138,42 @@ def run(args: argparse.Namespace) -> int:
     if elector is not None:
         elector.release()
     server.stop()
-    reason = (
-        "lost leadership" if lost.is_set() else "start-up failed" if failed.is_set() else "signal"
+    reason = "lost leadership" if lost.is_set() else "start-up failed" if failed.is_set() else ""
+    log.info("stopped", reason=reason or "signal")
+    return 1 if reason else 0
+
+
+def controller_config(args: argparse.Namespace) -> ControllerConfig:
+    hooks = ControllerConfig.test_hooks_from_env()
+    return ControllerConfig(
+        workers=args.workers,
+        cooldown=args.cooldown,
+        grace=args.grace,
+        resync=args.resync,
+        sweep_interval=args.sweep_interval,
+        cluster_cidrs=tuple(args.cluster_cidr),
+        test_commit_delay=hooks["test_commit_delay"],
+        test_status_delay=hooks["test_status_delay"],
+        test_sweep_pause=hooks["test_sweep_pause"],
     )
-    log.info("stopped", reason=reason)
-    return 1 if lost.is_set() or failed.is_set() else 0
+
+
+def lease_elector(args: argparse.Namespace, client: Any, log: StructLogger) -> LeaseElector:
+    return LeaseElector(
+        client,
+        name=args.lease_name,
+        namespace=args.lease_namespace,
+        identity=args.identity,
+        log=log,
+        lease_seconds=args.lease_duration,
+        renew_seconds=args.lease_duration * 2 / 3,
+        retry_seconds=args.lease_duration / 7.5,
+    )
+
+
+def _set_all(*events: threading.Event) -> None:
+    for event in events:
+        event.set()
 
 
 def _start(controller: IPAMController, stop: threading.Event, failed: threading.Event) -> None:

@@ -145,7 +145,7 @@ def test_c01_churn_keeps_addresses_and_allocations_equal(lab_api: LabApi, tmp_pa
         for thread in workers:
             thread.start()
         checks = 0
-        deadline = time.monotonic() + 12
+        deadline = time.monotonic() + 8
         try:
             while time.monotonic() < deadline and not errors:
                 check_safety(lab)
