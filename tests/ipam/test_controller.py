@@ -242,29 +242,38 @@ def test_c07_exhausted_pool_reports_and_recovers_by_itself(lab_api: LabApi, lab:
 
 def test_c08_overlapping_and_invalid_pools_are_refused(lab_api: LabApi, lab: Lab) -> None:
     lab.create_pool("first", "198.19.0.0/24")
-    lab.create_pool("second", "198.19.0.128/25")
+    time.sleep(1.1)  # creationTimestamp has whole seconds; the older pool must win
+    lab.create_pool("another", "198.19.0.128/25")  # sorts before "first": time decides
     lab.create_pool("underlay", "198.18.0.0/23")
     lab.create_pool("badgw", "198.19.1.0/24", gateway="198.19.2.1")
+    lab.create_pool("hostbits", "198.19.3.5/24")
     with controller(lab_api, cluster_cidrs=("198.18.0.0/24",)):
         expected = {
-            "second": ("Overlap", "cidr 198.19.0.128/25 overlaps pool first (198.19.0.0/24)"),
+            "another": ("Overlap", "cidr 198.19.0.128/25 overlaps pool first (198.19.0.0/24)"),
             "underlay": (
                 "ClusterRangeOverlap",
                 "cidr 198.18.0.0/23 overlaps cluster range 198.18.0.0/24",
             ),
             "badgw": ("InvalidSpec", "gateway 198.19.2.1 is outside cidr 198.19.1.0/24"),
+            "hostbits": ("InvalidSpec", "has host bits set; did you mean 198.19.3.0/24?"),
         }
         for name, (reason, text) in expected.items():
             ready = wait_for(f"{name} refused", lambda n=name: _ready(lab, n))
             assert ready["status"] == "False" and ready["reason"] == reason
             assert text in ready["message"]
+            wait_for(
+                f"warning event for pool {name}",
+                lambda n=name, t=text: [
+                    e for e in lab.events_for(n, "default") if t in e["message"]
+                ],
+            )
         assert wait_for("first ready", lambda: _ready(lab, "first"))["status"] == "True"
 
-        lab.create_vm("pg-0", pool="second")
+        lab.create_vm("pg-0", pool="another")
         cond = wait_for("VM condition", lambda: lab.condition("pg-0"))
         assert cond["reason"] == "PoolUnusable"
         assert (
-            "pool second is unusable: cidr 198.19.0.128/25 overlaps pool first" in cond["message"]
+            "pool another is unusable: cidr 198.19.0.128/25 overlaps pool first" in cond["message"]
         )
         lab.create_vm("pg-1", pool="nope")
         cond = wait_for("VM condition", lambda: lab.condition("pg-1"))
