@@ -153,6 +153,9 @@ def _build_unless_cached(root: Path, pg_major: int) -> tuple[ImageInputs, Path, 
     directory = root / f"guest-{inputs.key()}"
     if _complete(directory):
         return inputs, directory, True
+    # Under the lock no build runs: a work directory left here is a killed build's.
+    for stale in root.glob("vmo-image-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         _build(inputs, directory)
     except ImageBuildError as exc:
