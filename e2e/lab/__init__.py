@@ -31,6 +31,17 @@ Design choices, and where they improve on the first design:
   namespace. In one namespace, the bridge answered ARP for the guest's IP
   with the bridge's own MAC (weak host model) and clients lost the VM when
   the uplink moved: found in the first trial, so the split is deliberate.
+- The VM's own bridges (QEMU side and runner pod) do not learn MACs: they stand
+  in for a tap, which is a wire. A learning bridge there learned the VM's MAC
+  on the uplink from the node agent's gratuitous ARP (sent as the VM and
+  flooded to the VM's port too) and dropped the client's frames as "same port":
+  80-200 ms losses after a migration that no real tap has.
+- The switch-over moves the uplink by netlink from the gate process itself
+  (:mod:`e2e.lab.linkctl`): the old uplink leaves the VM bridge, the prepared one
+  (carrier already up) joins it. Bringing a link up instead lets the kernel
+  apply the carrier to the bridge port later from its link-watch work, which
+  added up to 50 ms of loss under load; an ``ip`` process costs 5-30 ms. The
+  pause window is exact to well under a millisecond.
 - The VM's ``status.node`` is written at the start of the pause window, as a
   VM controller that knows the target at stop-and-copy time would, so the
   agents move their FDB entries while the VM is paused anyway: the extra
@@ -43,6 +54,12 @@ Design choices, and where they improve on the first design:
   (setns on one thread), so the root namespace needs no address or route.
 - Timestamps are CLOCK_MONOTONIC in every process (probe, pgbench reader,
   migration), so they line up without conversion.
-- pgbench only prints totals when its ``-T`` ends on its own, so the run's
-  length is fixed up front from the plan and the measured CNI start-up time.
+- pgbench only prints totals when its ``-T`` ends on its own; the gate gives it
+  a generous ``-T`` as a bound and ends it with SIGINT after the last migration,
+  taking committed transactions from ``pgbench_history`` and failures from its
+  per-second progress lines, so migrations need no fixed schedule.
+- Faults (``--fault agent-kill``, ``--fault ipam-restart``) hit the first
+  migration: the target node's agent is SIGKILLed before the switch-over and
+  restarted 1 s later; the IPAM controller is restarted. Every VM's network
+  record must be the same after the run as before.
 """

@@ -5,7 +5,8 @@
     vmoverlay-lab gate [--nodes 3] [--vms 2] [--migrations 6] [--clients 16]
                        [--pause-ms 100] [--max-stall-ms N] [--no-vm-announce]
                        [--binding overlay|pod-network] [--json FILE] [--junit FILE]
-                       [--keep] [--log-dir DIR]
+                       [--keep] [--log-dir DIR] [--rate TPS] [--spacing S]
+                       [--no-progress-ms MS] [--fault agent-kill|ipam-restart]
 
 Steps: preflight checks; the lab comes up (:mod:`e2e.lab.lab`); ``pgbench -i``
 per VM from the client pod; one precise probe per VM (:mod:`e2e.lab.probe`)
@@ -47,13 +48,20 @@ from e2e.lab.cluster import ClusterError
 from e2e.lab.cni import CNIError
 from e2e.lab.components import ComponentError
 from e2e.lab.lab import BINDINGS, Lab, LabConfig, LabError
-from e2e.lab.pgbench import PgbenchRun, history_count_argv, init_argv, run_argv
+from e2e.lab.pgbench import (
+    PgbenchResult,
+    PgbenchRun,
+    history_count_argv,
+    init_argv,
+    run_argv,
+)
 from e2e.lab.plan import plan_migrations, split_clients
 from e2e.lab.report import MigrationEvent, ProbeData, Totals
 from e2e.lab.sheet import cheat_sheet
 from e2e.lab.vm import VMError
 from e2e.netns import NetnsError, RunNamespaces
 from e2e.qemu.errors import QemuError
+from vmoverlay.api import VMNetwork
 from vmoverlay.kube import KubeError
 from vmoverlay.logs import add_logging_args, setup_logging
 
@@ -213,21 +221,11 @@ class Gate:
         budget = max(args.spacing, 1.5 * max(lab.cni_add_seconds, default=0.5) + 0.5)
         seconds = math.ceil(LEAD_S + 3 * len(plan) * budget + TAIL_S + 30)
         probes = [self._start_probe(lab, lab.vms[name].ip, bound_s) for name in vms]
-        clients = split_clients(args.clients, len(vms))
-        rates = [math.ceil(args.rate / len(vms)) if args.rate else 0] * len(vms)
         self.display(
             f"pgbench: {args.clients} clients; {len(plan)} migrations at least "
             f"{args.spacing:g}s apart, pause {args.pause_ms} ms"
         )
-        benches = [
-            PgbenchRun(
-                ["ip", "netns", "exec", lab.client_ns]
-                + run_argv(ip, clients=n, seconds=seconds, rate=r, bound_ms=args.no_progress_ms),
-                clients=n,
-                bound_s=bound_s,
-            )
-            for ip, n, r in zip([lab.vms[v].ip for v in vms], clients, rates, strict=True)
-        ]
+        benches = self._start_pgbench(lab, vms, seconds)
         networks = lab.vm_networks()
         began = time.monotonic()
         try:
@@ -243,24 +241,12 @@ class Gate:
                 path = self.args.log_dir / f"probe-{name}.json"
                 path.write_text(json.dumps(probe.__dict__))
         lab.wait_cleanups(self.reasons)
-        if self.args.binding == "overlay":
-            for name, after in lab.vm_networks().items():
-                if after != networks[name]:
-                    self.reasons.append(
-                        f"{name}'s network record changed: {networks[name]} -> {after}"
-                    )
+        self._check_networks(lab, networks)
         end = time.monotonic()
         aborts = [t for r in results for t, line in r.events if "aborted" in line]
         failed_progress = [(t, n) for r in results for t, _, n in r.progress]
         for name, bench, result in zip(vms, benches, results, strict=True):
-            if not result.summary_seen:
-                result.transactions = self._history_count(lab, lab.vms[name].ip)
-                result.failed_transactions = sum(n for _, _, n in result.progress)
-            # SIGINT at the end is how the gate stops pgbench; any other exit code is news.
-            if not bench.stopped_early and result.exit_code != 0 and not result.broken_connections:
-                self.reasons.append(f"pgbench on {name} exited with code {result.exit_code}")
-            if result.stalled:
-                self.reasons.append(f"pgbench on {name} made no progress for {bound_s:g}s")
+            self._complete(lab, name, bench, result)
         per = report.analyse(self.events, data, aborts, failed_progress, end)
         totals = Totals(
             clients=args.clients,
@@ -278,6 +264,49 @@ class Gate:
         doc["duration_s"] = round(time.monotonic() - self.display.started, 1)
         doc["pgbench_seconds"] = seconds
         return doc
+
+    def _start_pgbench(self, lab: Lab, vms: list[str], seconds: int) -> list[PgbenchRun]:
+        """One pgbench per VM from the client pod, the clients and the rate split evenly."""
+        args = self.args
+        clients = split_clients(args.clients, len(vms))
+        rate = math.ceil(args.rate / len(vms)) if args.rate else 0
+        benches = []
+        for name, count in zip(vms, clients, strict=True):
+            argv = run_argv(
+                lab.vms[name].ip,
+                clients=count,
+                seconds=seconds,
+                rate=rate,
+                bound_ms=args.no_progress_ms,
+            )
+            benches.append(
+                PgbenchRun(
+                    ["ip", "netns", "exec", lab.client_ns, *argv],
+                    clients=count,
+                    bound_s=args.no_progress_ms / 1000,
+                )
+            )
+        return benches
+
+    def _complete(self, lab: Lab, name: str, bench: PgbenchRun, result: PgbenchResult) -> None:
+        """Totals of a pgbench the gate ended itself, and whatever else went wrong with it."""
+        if not result.summary_seen:
+            result.transactions = self._history_count(lab, lab.vms[name].ip)
+            result.failed_transactions = sum(n for _, _, n in result.progress)
+        # SIGINT at the end is how the gate stops pgbench; any other exit code is news.
+        if not bench.stopped_early and result.exit_code != 0 and not result.broken_connections:
+            self.reasons.append(f"pgbench on {name} exited with code {result.exit_code}")
+        if result.stalled:
+            bound_s = self.args.no_progress_ms / 1000
+            self.reasons.append(f"pgbench on {name} made no progress for {bound_s:g}s")
+
+    def _check_networks(self, lab: Lab, before: dict[str, VMNetwork | None]) -> None:
+        """IP and MAC are kept through every migration (the pod-network control aside)."""
+        if self.args.binding != "overlay":
+            return
+        for name, after in lab.vm_networks().items():
+            if after != before[name]:
+                self.reasons.append(f"{name}'s network record changed: {before[name]} -> {after}")
 
     def _migrate(
         self,
