@@ -588,8 +588,10 @@ class IPAMController:
                 self._write_network(current, network)
             except kube.Conflict:
                 current = self._reread(vm)
-                if self._lost_to_other_writer(vm, current, network):
+                outcome = self._after_conflict(vm, current, network)
+                if outcome == "lost":
                     self._rollback(name, alloc_uid, vm, "VM changed: gone or addressed meanwhile")
+                if outcome != "retry":
                     return
                 continue
             except kube.NotFound:
@@ -637,18 +639,19 @@ class IPAMController:
         except kube.NotFound:
             return None
 
-    def _lost_to_other_writer(
+    def _after_conflict(
         self, vm: api.VirtualMachine, current: Obj | None, network: api.VMNetwork
-    ) -> bool:
-        """After a 409: True when our allocation must go (VM gone, or addressed otherwise)."""
-        if current is None:
-            return True
-        fresh = self._parse_vm(current)
+    ) -> str:
+        """After a 409, from the fresh VM: "retry" the write, "done" (it already holds
+        this address), or "lost" (VM gone or addressed otherwise: undo ours)."""
+        fresh = self._parse_vm(current) if current is not None else None
         if fresh is None or fresh.uid != vm.uid:
-            return True
+            return "lost"
         if fresh.network is None:
-            return False
-        return (fresh.network.ip, fresh.network.pool) != (network.ip, network.pool)
+            return "retry"
+        if (fresh.network.ip, fresh.network.pool) == (network.ip, network.pool):
+            return "done"
+        return "lost"
 
     def _after_failed_write(
         self,
