@@ -29,6 +29,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from vmoverlay import api, kube
@@ -48,6 +49,7 @@ from vxlan_manager.netlink import Collision, Kernel, NetlinkFailure
 from vxlan_manager.state import StateError
 
 WATCH_TIMEOUT = 300  # seconds a watch request stays open before we resume it
+LIST_PAGE = 500  # objects per list page
 WATCH_BACKOFF_CAP = 10.0  # longest wait between two tries while the API is away
 COMPONENT = "vxlan-manager"
 
@@ -394,7 +396,33 @@ class Agent:
     # ------------------------------------------------------------ watches
 
     def _list_nodes(self, **kwargs: Any) -> Any:
-        return k8s.CoreV1Api(self.client).list_node(**kwargs)
+        """GET /api/v1/nodes (list or watch) through the client's generic request path.
+
+        The generated CoreV1Api module alone adds about 20 MB to the agent's RSS for
+        one call we need; the request, auth and errors are the official client's.
+        The raw response is returned (callers stream or parse it).
+        """
+        names = {
+            "watch": "watch",
+            "resource_version": "resourceVersion",
+            "timeout_seconds": "timeoutSeconds",
+            "allow_watch_bookmarks": "allowWatchBookmarks",
+            "limit": "limit",
+            "_continue": "continue",
+        }
+        query = [(names[k], v) for k, v in kwargs.items() if k in names and v is not None]
+        request = self.client.param_serialize(
+            "GET",
+            "/api/v1/nodes",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(*request, _request_timeout=kwargs.get("_request_timeout"))
+        if not 200 <= response.status <= 299:
+            response.read()
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return response.response
 
     def _list_vms(self, **kwargs: Any) -> Any:
         return k8s.CustomObjectsApi(self.client).list_cluster_custom_object(
@@ -428,21 +456,35 @@ class Agent:
                 self._stop.wait(delay)
 
     def _relist(self, resource: str, lister: Callable[..., Any]) -> str:
-        with kube.api_errors():
-            raw = lister(_preload_content=False, _request_timeout=30)
-            body = _json(raw)
-        items = body.get("items") or []
+        """List in pages (bounded memory with thousands of VMs); replace the cache."""
+        parse: Callable[[dict[str, Any]], Any] = (
+            api.Node.from_obj if resource == "nodes" else api.VirtualMachine.from_obj
+        )
+        items: list[Any] = []
+        rv, cont = "", None
+        while True:
+            kwargs: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": 30}
+            if cont:
+                kwargs["_continue"] = cont
+            with kube.api_errors():
+                body = _json(lister(_preload_content=False, **kwargs))
+            meta = body.get("metadata") or {}
+            rv = rv or str(meta.get("resourceVersion") or "")
+            items.extend(_parse(body.get("items") or [], parse, self.log))
+            cont = meta.get("continue")
+            if not cont:
+                break
         with self._lock:
             if resource == "nodes":
-                self.nodes = {n.name: n for n in _parse(items, api.Node.from_obj, self.log)}
+                self.nodes = {n.name: n for n in items}
             else:
-                self.vms = {v.key: v for v in _parse(items, api.VirtualMachine.from_obj, self.log)}
+                self.vms = {v.key: v for v in items}
             self._event_times.append(time.monotonic())
             self._rebuild = True
             self._synced[resource] = True
         self._wake.set()
         self.log.debug("listed", resource=resource, count=len(items))
-        return str((body.get("metadata") or {}).get("resourceVersion") or "")
+        return rv
 
     def _stream(self, resource: str, lister: Callable[..., Any], rv: str) -> str:
         w = k8s_watch.Watch()
