@@ -26,6 +26,7 @@ Design decisions recorded here because every component depends on them:
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,12 +224,26 @@ class IPAllocation:
 def allocation_name(pool: str, ip: str) -> str:
     """The allocation object's name for ``ip`` in ``pool``: unique per address.
 
+    The address is written in its canonical form first, so every spelling of one
+    address gives one name. An IPv6 address that ends (or starts) with ``::`` gets
+    a ``0`` there, because an object name must end and start with a letter or digit.
+
     >>> allocation_name("default", "198.19.0.7")
     'default-198-19-0-7'
     >>> allocation_name("v6", "fd00::7")
     'v6-fd00--7'
+    >>> allocation_name("v6", "fd00:19:0:1::")
+    'v6-fd00-19-0-1--0'
     """
-    return f"{pool}-{ip.replace('.', '-').replace(':', '-')}"
+    try:
+        text = ipaddress.ip_address(ip).compressed
+    except ValueError:
+        text = ip
+    if text.endswith(":"):
+        text += "0"
+    if text.startswith(":"):
+        text = "0" + text
+    return f"{pool}-{text.replace('.', '-').replace(':', '-')}"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ Scenarios:
 
 from __future__ import annotations
 
+import re
+
 import netaddr
 import pytest
 
@@ -168,3 +170,18 @@ def test_pool_overlapping_a_cluster_range_is_refused() -> None:
         [pool("198.19.0.0/16", name="x", gateway="1.2.3.4"), pool("198.19.0.0/24")], []
     )
     assert not checks["x"].usable and checks["p"].usable
+
+
+@pytest.mark.parametrize(
+    "address", ["fd00:19:0:1::", "::1", "fd00::7", "198.19.0.0", "::ffff:198.19.0.1"]
+)
+def test_allocation_names_are_valid_object_names(address: str) -> None:
+    name = api.allocation_name("v6", address)
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name), name
+    assert api.allocation_name("v6", address.upper()) == name  # one name per address
+
+
+def test_allocation_names_differ_for_every_address_of_a_small_v6_pool() -> None:
+    layout = build_layout(pool("fd00:19::/120"))
+    names = {api.allocation_name("p", str(layout.address(i))) for i in range(layout.size)}
+    assert len(names) == layout.size
