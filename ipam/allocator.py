@@ -119,8 +119,18 @@ def parse_address(text: str, *, what: str) -> netaddr.IPAddress:
         raise PoolInvalid(f"{what} {text!r} is not a valid IP address: {exc}") from exc
 
 
+# Object names are at most 253 characters; an allocation is "<pool>-<ip>" and
+# the longest address part ("-" + 39 characters of IPv6 + two "0") takes 42.
+MAX_POOL_NAME = 253 - 42
+
+
 def build_layout(pool: api.IPPool) -> PoolLayout:
     """The allocatable addresses of ``pool``; :class:`PoolInvalid` if its spec is wrong."""
+    if len(pool.name) > MAX_POOL_NAME:
+        raise PoolInvalid(
+            f"pool name is {len(pool.name)} characters; at most {MAX_POOL_NAME} leave room "
+            "for the address in allocation names"
+        )
     network = parse_network(pool.cidr, what="cidr")
     gateway = _parse_gateway(pool, network)
     first, last = usable_bounds(network)

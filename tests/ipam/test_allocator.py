@@ -135,12 +135,14 @@ def test_usage_and_exhausted_message() -> None:
         (pool("198.19.0.0/24", gateway="fd00::1"), "is outside cidr"),
         (pool("198.19.0.0/24", "p", None, "198.20.0.0/24"), "exclude entry 198.20.0.0/24 is"),
         (pool("198.19.0.0/32", gateway="198.19.0.0"), "no usable address"),
+        (pool("198.19.0.0/24", name="p" * 212), "pool name is 212 characters; at most 211"),
     ],
 )
 def test_invalid_pools_are_refused_with_a_reason(spec: api.IPPool, reason: str) -> None:
     with pytest.raises(PoolInvalid, match=reason.replace(".", r"\.")):
         build_layout(spec)
-    assert reason in check_pools([spec], [])[spec.name].reason
+    check = check_pools([spec], [])[spec.name]
+    assert reason in check.reason and check.code == "InvalidSpec"
 
 
 def test_overlapping_pool_is_refused_and_the_older_keeps_serving() -> None:
