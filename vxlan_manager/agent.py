@@ -290,7 +290,11 @@ class Agent:
         if (
             self._underlay is not None
             and not full
-            and (self.cfg.underlay_address or vtep == self._underlay.address)
+            and (
+                self.cfg.underlay_address
+                or self.cfg.underlay_interface
+                or vtep == self._underlay.address
+            )
         ):
             return self._underlay
         if local is None and not self.cfg.underlay_address and not self.cfg.underlay_interface:
@@ -306,6 +310,14 @@ class Agent:
                 interface_mtu=underlay.interface_mtu,
                 overlay_mtu=underlay.mtu,
             )
+            if vtep and vtep != underlay.address:
+                # Peers send to what the Node object says, not to what we chose.
+                self.log.warning(
+                    "this node's Node object advertises another VTEP than the agent uses; "
+                    "set the vmoverlay.io/vtep-ip annotation to the underlay address",
+                    advertised=vtep,
+                    used=underlay.address,
+                )
         self._underlay = underlay
         return underlay
 
