@@ -338,7 +338,10 @@ class IPAMController:
             except kube.KubeError as exc:
                 delay = self.queue.retry(item)
                 self.metrics.error(type(exc).__name__.lower())
-                self.log.warning(
+                # A conflict is optimistic concurrency doing its job (another writer
+                # was first, mostly a second controller); anything else is worth a warning.
+                report = self.log.info if isinstance(exc, kube.Conflict) else self.log.warning
+                report(
                     f"failed to handle {item[0]}, will retry",
                     key=item[1],
                     retry_in=f"{delay:.2f}s",
