@@ -16,9 +16,10 @@ Scenarios:
 - C07: a status write refused 20 times leaves no allocation behind; a /29 pool (6
   usable addresses): the 7th VM gets "pool P exhausted: 6 of 6 in use" as condition and
   Event and no address; deleting one VM lets it proceed after the cool-down by itself;
-- C08: a pool overlapping an existing pool, one overlapping a cluster range and one with
-  the gateway outside its CIDR are marked Ready=False with the reason; a VM asking for
-  one of them gets a clear condition and no address;
+- C08: a pool overlapping an older pool, one overlapping a cluster range, one with the
+  gateway outside its CIDR and one with host bits set are marked Ready=False with the
+  reason and a warning Event; a VM asking for one of them gets a clear condition and no
+  address; a VM asking for a missing pool gets its address once the pool is created;
 - adoption: an allocation left by a controller that died before the status write is
   adopted, so the VM gets that same address;
 - a VM whose recorded address is held by another VM gets an AddressConflict condition,
@@ -281,6 +282,10 @@ def test_c08_overlapping_and_invalid_pools_are_refused(lab_api: LabApi, lab: Lab
         lab.create_vm("pg-2", pool="first")
         lab.wait_network("pg-2")
         assert [a["spec"]["pool"] for a in lab.allocations()] == ["first"]
+
+        lab.create_pool("nope", "198.19.4.0/24")  # the missing pool arrives: no one else acts
+        assert lab.wait_network("pg-1")["ip"].startswith("198.19.4.")
+        assert (lab.condition("pg-1") or {}).get("status") == "True"
 
 
 def _ready(lab: Lab, pool: str) -> dict[str, Any] | None:
