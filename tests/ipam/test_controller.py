@@ -10,7 +10,9 @@ Scenarios:
 - C03: a status write from a stale version gets a conflict, re-reads and keeps the
   other writer's change (status.node) next to status.network;
 - C04: the first three attempts to release a deleted VM's address fail with 500: the
-  address is still freed within seconds;
+  address is still freed within seconds; 200 create/delete cycles (VMO_IPAM_CYCLES=1000
+  for the issue's count) with about 10% of the controller's writes failing (500/503/504)
+  end with zero allocations;
 - C05: migration A->B->A->B with runner pods recreated: status.network unchanged byte for
   byte, same MAC, exactly one allocation, no conflict, a new VM gets another address;
 - C07: a status write refused 20 times leaves no allocation behind; a /29 pool (6
@@ -23,7 +25,8 @@ Scenarios:
 - adoption: an allocation left by a controller that died before the status write is
   adopted, so the VM gets that same address;
 - a VM whose recorded address is held by another VM gets an AddressConflict condition,
-  an Event and a metric, and nothing changes.
+  an Event and a metric, and nothing changes; one whose recorded address lies outside
+  its pool gets AddressOutsidePool, and nothing is allocated.
 """
 
 from __future__ import annotations
