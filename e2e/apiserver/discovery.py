@@ -1,17 +1,21 @@
-"""Discovery documents and ``kubectl get`` tables.
+"""Discovery documents, OpenAPI stubs and ``kubectl get`` tables.
 
 The official client needs none of this for its typed calls, but kubectl does:
 ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>``, ``/apis/<group>/<version>``
 describe what is served (built-in resources and every registered CRD), and
-``/version`` names the server. ``/openapi/v3`` lists one document per
-group/version whose PATCH operations declare the ``fieldValidation`` query
-parameter: that is how kubectl learns it may leave validation to the server
-(``?fieldValidation=Strict``) instead of downloading full schemas, so
-``kubectl apply`` works without ``--validate=false``. The documents carry no
-schemas. # Limitation: tools that need full OpenAPI schemas (kubectl explain,
-client-side strategic merge of unknown types) do not work against the lab. ``kubectl get`` asks for ``as=Table``; a
-:func:`table` answer has Name, a few per-type columns (a CRD's
-additionalPrinterColumns for custom resources) and Age.
+``/version`` names the server.
+
+``/openapi/v3`` lists one document per group/version whose PATCH operations
+declare the ``fieldValidation`` query parameter: that is how kubectl learns it
+may leave validation to the server (``?fieldValidation=Strict``) instead of
+downloading full schemas, so ``kubectl apply`` works without
+``--validate=false``. The documents carry no schemas.
+
+``kubectl get`` asks for ``as=Table``; a :func:`table` answer has Name, a few
+per-type columns (a CRD's additionalPrinterColumns for custom resources) and Age.
+
+# Limitation: tools that need full OpenAPI schemas (kubectl explain) do not
+# work against the lab.
 """
 
 from __future__ import annotations
