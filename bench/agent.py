@@ -131,71 +131,23 @@ def e2e_child(nodes: int, vms: int) -> dict[str, Any]:
     """Inside the bench namespace: lab API + a real agent process; time API write -> kernel."""
     import tempfile
 
-    from kubernetes import client as k8s
-
     from bench.apiserver import start_server
-    from vmoverlay import api
     from vmoverlay.kube import load_client
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server, _ = start_server(work, None)
-        agent: subprocess.Popen[bytes] | None = None
-        monitor: subprocess.Popen[str] | None = None
+        procs: list[subprocess.Popen[Any]] = [server]
         try:
             client = load_client(str(work / "kubeconfig"))
-            ext = k8s.ApiextensionsV1Api(client)
-            for path in sorted((ROOT / "manifests" / "crds").glob("*.yaml")):
-                ext.create_custom_resource_definition(yaml_load(path))
-            core, objs = k8s.CoreV1Api(client), k8s.CustomObjectsApi(client)
-            core.create_namespace({"metadata": {"name": "db"}})
-            g, v, plural = api.GROUP, api.VERSION, api.VM_PLURAL
             started = time.perf_counter()
-            for i in range(nodes):
-                core.create_node({"metadata": {"name": f"n{i}"}})
-                body = _node(i, _vtep(i))
-                body["metadata"] = core.read_node(f"n{i}").metadata
-                core.replace_node_status(f"n{i}", body)
-            for i in range(vms):
-                obj = _vm(i, f"n{i % nodes}")
-                made = objs.create_namespaced_custom_object(
-                    g,
-                    v,
-                    "db",
-                    plural,
-                    {
-                        "apiVersion": api.API_VERSION,
-                        "kind": api.VM_KIND,
-                        "metadata": {"name": f"vm-{i}", "namespace": "db"},
-                        "spec": {},
-                    },
-                )
-                made["status"] = obj["status"]
-                objs.replace_namespaced_custom_object_status(g, v, "db", plural, f"vm-{i}", made)
+            _load_objects(client, nodes, vms)
             load = time.perf_counter() - started
 
-            argv = [
-                str(ROOT / ".venv" / "bin" / "vxlan-manager"),
-                "run",
-                "--node",
-                "n0",
-                "--kubeconfig",
-                str(work / "kubeconfig"),
-                "--state-dir",
-                str(work / "state"),
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--resync-period",
-                str(E2E_RESYNC),
-                "--log-level",
-                "warning",
-                "--log-format",
-                "json",
-            ]
             started = time.perf_counter()
-            agent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            want = vms - vms // nodes  # VMs on other nodes
-            while _fdb_count() < want + nodes - 1:
+            agent = _start_agent(work)
+            procs.append(agent)
+            while _fdb_count() < vms - vms // nodes + nodes - 1:  # remote VMs + peers
                 if agent.poll() is not None or time.perf_counter() - started > 300:
                     raise RuntimeError("agent did not program the FDB")
                 time.sleep(0.2)
@@ -205,31 +157,17 @@ def e2e_child(nodes: int, vms: int) -> dict[str, Any]:
             monitor = subprocess.Popen(
                 ["bridge", "monitor", "fdb"], stdout=subprocess.PIPE, text=True
             )
+            procs.append(monitor)
             time.sleep(0.3)
-            latencies = []
-            for k in range(E2E_SAMPLES):
-                i = 1 + (k * 7919) % (vms - 1)
-                if i % nodes == 0:
-                    i += 1
-                obj = objs.get_namespaced_custom_object(g, v, "db", plural, f"vm-{i}")
-                target = f"n{1 + (i + k) % (nodes - 1)}"
-                if target == obj["status"]["node"]:
-                    target = f"n{1 + (i + k + 1) % (nodes - 1)}"
-                obj["status"]["node"] = target
-                mac, vtep = obj["status"]["network"]["mac"], _vtep(int(target[1:]))
-                t = time.perf_counter()
-                objs.replace_namespaced_custom_object_status(g, v, "db", plural, f"vm-{i}", obj)
-                _wait_line(monitor, f"{mac} dev vmo-vx0 dst {vtep}")
-                latencies.append(time.perf_counter() - t)
+            latencies = sorted(_migrations(client, monitor, nodes, vms))
             status = Path(f"/proc/{agent.pid}/status").read_text().splitlines()
             rss = next(int(x.split()[1]) for x in status if x.startswith("VmRSS:"))
             peak = next(int(x.split()[1]) for x in status if x.startswith("VmHWM:"))
         finally:
-            for proc in (monitor, agent, server):
-                if proc is not None and proc.poll() is None:
+            for proc in reversed(procs):
+                if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-    latencies.sort()
     return {
         "load_s": load,
         "ready_s": ready,
@@ -240,6 +178,66 @@ def e2e_child(nodes: int, vms: int) -> dict[str, Any]:
         "rss_mb": rss / 1024,
         "peak_rss_mb": peak / 1024,
     }
+
+
+def _load_objects(client: Any, nodes: int, vms: int) -> None:
+    from kubernetes import client as k8s
+
+    from vmoverlay import api
+
+    ext = k8s.ApiextensionsV1Api(client)
+    for path in sorted((ROOT / "manifests" / "crds").glob("*.yaml")):
+        ext.create_custom_resource_definition(yaml_load(path))
+    core, objs = k8s.CoreV1Api(client), k8s.CustomObjectsApi(client)
+    core.create_namespace({"metadata": {"name": "db"}})
+    for i in range(nodes):
+        core.create_node({"metadata": {"name": f"n{i}"}})
+        body = _node(i, _vtep(i))
+        body["metadata"] = core.read_node(f"n{i}").metadata
+        core.replace_node_status(f"n{i}", body)
+    g, v, plural = api.GROUP, api.VERSION, api.VM_PLURAL
+    for i in range(vms):
+        meta = {"name": f"vm-{i}", "namespace": "db"}
+        body = {"apiVersion": api.API_VERSION, "kind": api.VM_KIND, "metadata": meta, "spec": {}}
+        made = objs.create_namespaced_custom_object(g, v, "db", plural, body)
+        made["status"] = _vm(i, f"n{i % nodes}")["status"]
+        objs.replace_namespaced_custom_object_status(g, v, "db", plural, f"vm-{i}", made)
+
+
+def _start_agent(work: Path) -> subprocess.Popen[bytes]:
+    argv = [
+        str(ROOT / ".venv" / "bin" / "vxlan-manager"),
+        *("run", "--node", "n0", "--kubeconfig", str(work / "kubeconfig")),
+        *("--state-dir", str(work / "state"), "--metrics-addr", "127.0.0.1:0"),
+        *("--resync-period", str(E2E_RESYNC), "--log-level", "warning", "--log-format", "json"),
+    ]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _migrations(client: Any, monitor: subprocess.Popen[str], nodes: int, vms: int) -> list[float]:
+    """Move VM records to other nodes one at a time; seconds from API write to kernel entry."""
+    from kubernetes import client as k8s
+
+    from vmoverlay import api
+
+    objs = k8s.CustomObjectsApi(client)
+    g, v, plural = api.GROUP, api.VERSION, api.VM_PLURAL
+    latencies = []
+    for k in range(E2E_SAMPLES):
+        i = 1 + (k * 7919) % (vms - 1)
+        if i % nodes == 0:  # keep to VMs of other nodes: their entry moves
+            i += 1
+        obj = objs.get_namespaced_custom_object(g, v, "db", plural, f"vm-{i}")
+        target = f"n{1 + (i + k) % (nodes - 1)}"
+        if target == obj["status"]["node"]:
+            target = f"n{1 + (i + k + 1) % (nodes - 1)}"
+        obj["status"]["node"] = target
+        mac, vtep = obj["status"]["network"]["mac"], _vtep(int(target[1:]))
+        t = time.perf_counter()
+        objs.replace_namespaced_custom_object_status(g, v, "db", plural, f"vm-{i}", obj)
+        _wait_line(monitor, f"{mac} dev vmo-vx0 dst {vtep}")
+        latencies.append(time.perf_counter() - t)
+    return latencies
 
 
 def yaml_load(path: Path) -> Any:
