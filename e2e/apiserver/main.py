@@ -5,7 +5,7 @@
 
 Prints one line ``serving URL`` on stdout once it listens (with ``--port 0``,
 the URL carries the port the kernel chose) and ``kubeconfig PATH`` when it
-wrote one; the kubeconfig is plain http without credentials, which the
+wrote one (``--kubeconfig-out``, else ``DIR/kubeconfig`` with ``--data-dir``); the kubeconfig is plain http without credentials, which the
 official client and kubectl accept. Exit codes: 0 after a clean stop, 2 for a
 refused address or bad arguments, 1 when the server could not start.
 """
@@ -39,7 +39,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--data-dir", default=None, help="keep objects in DIR/objects.sqlite3 across restarts"
     )
-    parser.add_argument("--kubeconfig-out", default=None, help="write a kubeconfig for it here")
+    parser.add_argument(
+        "--kubeconfig-out",
+        default=None,
+        help="write a kubeconfig for it here (default: DIR/kubeconfig with --data-dir)",
+    )
     parser.add_argument(
         "--history",
         type=int,
@@ -68,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         history=args.history,
         bookmark_interval=args.bookmark_interval,
     )
+    kubeconfig_out = args.kubeconfig_out
+    if kubeconfig_out is None and args.data_dir:
+        kubeconfig_out = str(Path(args.data_dir) / "kubeconfig")
     try:
-        asyncio.run(_serve(server, args.kubeconfig_out))
+        asyncio.run(_serve(server, kubeconfig_out))
     except OSError as exc:
         print(
             f"vmoverlay-lab apiserver: failed to start on {args.address}:{args.port}: {exc}",

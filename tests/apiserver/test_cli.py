@@ -5,6 +5,7 @@ Scenarios:
   and a message naming the allowed ranges;
 - with --port 0 it prints the URL with the chosen port and writes a working
   kubeconfig; SIGTERM and SIGINT stop it with exit code 0;
+- with --data-dir and no --kubeconfig-out the kubeconfig goes to DIR/kubeconfig;
 - a port already in use fails with exit code 1 and says so;
 - --data-dir: every write the server acknowledged before a SIGKILL is there after
   a restart (writes race the kill);
@@ -136,3 +137,22 @@ def test_restart_collects_dependents_of_vanished_owners(lab_api: LabApi) -> None
     core = k8s.CoreV1Api(lab_api.client())
     names = {c.metadata.name for c in core.list_namespaced_config_map("default").items}
     assert "owner" not in names and "dep" not in names
+
+
+def test_data_dir_gets_the_kubeconfig(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "e2e.cli", "apiserver", "--data-dir", str(tmp_path / "d")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("serving http://127.0.0.1:")
+        assert proc.stdout.readline().split() == ["kubeconfig", str(tmp_path / "d" / "kubeconfig")]
+        client = load_client(str(tmp_path / "d" / "kubeconfig"))
+        assert k8s.CoreV1Api(client).read_namespace("default").metadata.name == "default"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
