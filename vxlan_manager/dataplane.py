@@ -81,6 +81,8 @@ class Dataplane:
         link, repairs = self.kernel.ensure_vxlan(vxlan)
         if link.index != self.vxlan_index or repairs:
             self._fdb = None  # a new or recreated device: dump it again
+        if br.index != self.bridge_index:
+            self._neigh = None
         self.vxlan_index, self.bridge_index = link.index, br.index
         self.bridge_networks = self.kernel.networks(br.index)
         self._devices = (vxlan, bridge)
