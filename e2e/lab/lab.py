@@ -146,6 +146,7 @@ class Lab:
     runners: dict[str, Runner] = field(default_factory=dict)
     announcers: dict[str, Announcer] = field(default_factory=dict)
     links: dict[str, LinkControl] = field(default_factory=dict)
+    addresses: dict[str, str] = field(default_factory=dict)
     agents: dict[str, Component] = field(default_factory=dict)
     cni_add_seconds: list[float] = field(default_factory=list)
 
@@ -413,6 +414,11 @@ class Lab:
         self.run.check(
             vm.ns, ["ip", "addr", "add", f"{network.ip}/{network.prefix}", "dev", "eth0"]
         )
+        self.addresses[vm.name] = network.ip
+
+    def address(self, vm: str) -> str:
+        """The address the guest has now: its record's, unless the control re-addressed it."""
+        return self.addresses.get(vm, self.vms[vm].ip)
 
     def finish_migration(
         self, prep: Prepared, times: SwitchTimes

@@ -122,7 +122,8 @@ def stall(probe: ProbeData, start: float, end: float) -> float:
     inside = [t for t in done if start <= t < end]
     if not inside:
         return max(0.0, end - (before[-1] if before else start))
-    points = ([before[-1]] if before else []) + inside
+    # Silence that runs to the window's end is a stall too (a connection that broke).
+    points = ([before[-1]] if before else []) + inside + [end]
     gaps = [b - a for a, b in zip(points, points[1:], strict=False)]
     return max(0.0, max(gaps, default=0.0) - probe.interval)
 

@@ -142,6 +142,8 @@ def test_stall_from_query_completions() -> None:
     probe = _probe([], set(), done)
     assert report.stall(probe, 0.0, 1.0) == pytest.approx(0.75 - 0.49 - 0.01)
     assert report.stall(_probe([], set(), []), 0.0, 1.0) == pytest.approx(1.0)
+    broke = _probe([], set(), [i * 0.01 for i in range(30)])  # silent after 0.29
+    assert report.stall(broke, 0.0, 1.0) == pytest.approx(1.0 - 0.29 - 0.01)
 
 
 def _event(index: int, freeze: float, pause: float = 0.1) -> MigrationEvent:
