@@ -12,6 +12,10 @@ namespace; a cluster-scoped owner owns cluster-scoped and namespaced ones.
 A dependent created with owner references none of which exists (by uid, in
 scope) is deleted too, like the real collector does with dangling owners.
 
+Foreground propagation: the owner is held by the ``foregroundDeletion``
+finalizer; its dependents are deleted (in the foreground too), and once none
+with ``blockOwnerDeletion`` is left the finalizer goes and so does the owner.
+
 Work is handed to the server's ``schedule`` (the event loop's ``call_soon``),
 so the DELETE answer goes out first and the dependents' events follow it.
 """
@@ -19,11 +23,12 @@ so the DELETE answer goes out first and the dependents' events follow it.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from e2e.apiserver.errors import ApiError
-from e2e.apiserver.store import meta
+from e2e.apiserver.store import Location, meta, owner_uids
 from vmoverlay.logs import get_logger
 
 if TYPE_CHECKING:
@@ -31,6 +36,8 @@ if TYPE_CHECKING:
     from e2e.apiserver.resources import ResourceType
 
 log = get_logger("lab-apiserver")
+
+FOREGROUND = "foregroundDeletion"
 
 
 class GarbageCollector:
@@ -42,6 +49,71 @@ class GarbageCollector:
         """``uid`` was removed; ``namespace`` is the owner's, ``None`` for a cluster-scoped one."""
         if self.api.store.dependents_of(uid):
             self.schedule(lambda: self._collect(uid, namespace, orphan))
+
+    def dependents_in_scope(self, rtype: ResourceType, owner: dict[str, Any]) -> list[Location]:
+        """Dependents the owner can have: its namespace's, or any for a cluster-scoped owner."""
+        uid = str(meta(owner).get("uid"))
+        namespace = meta(owner).get("namespace") if rtype.namespaced else None
+        return [
+            loc
+            for loc in self.api.store.dependents_of(uid)
+            if namespace is None or loc[1] == namespace
+        ]
+
+    def delete_dependents(self, rtype: ResourceType, owner: dict[str, Any]) -> None:
+        """Foreground deletion: delete every dependent (in the foreground too), then re-check."""
+        uid = str(meta(owner).get("uid"))
+
+        def run() -> None:
+            for key, dep_ns, name in self.dependents_in_scope(rtype, owner):
+                dep_type = self.api.registry.by_key(key)
+                if dep_type is None:
+                    continue
+                try:
+                    self._delete(dep_type, dep_ns or None, name, "Foreground")
+                except ApiError as exc:
+                    log.warning(
+                        "failed to delete dependent", resource=key, name=name, error=exc.message
+                    )
+            self._release_foreground(uid)
+
+        self.schedule(run)
+
+    def dependent_gone(self, obj: dict[str, Any]) -> None:
+        """An object was removed: an owner waiting for it in the foreground may go now."""
+        for uid in owner_uids(obj):
+            self.schedule(functools.partial(self._release_foreground, uid))
+
+    def _release_foreground(self, uid: str) -> None:
+        where = self.api.store.locate(uid)
+        if where is None:
+            return
+        key, namespace, name = where
+        owner = self.api.store.get(key, namespace, name)
+        rtype = self.api.registry.by_key(key)
+        if owner is None or rtype is None:
+            return
+        finalizers = meta(owner).get("finalizers") or []
+        if FOREGROUND not in finalizers or not meta(owner).get("deletionTimestamp"):
+            return
+        if any(self._blocks(loc, uid) for loc in self.dependents_in_scope(rtype, owner)):
+            return
+        released = copy.deepcopy(owner)
+        released["metadata"]["finalizers"] = [f for f in finalizers if f != FOREGROUND]
+        try:
+            self.api.replace(rtype, namespace or None, name, released)
+        except ApiError as exc:
+            log.warning(
+                "failed to finish foreground deletion", resource=key, name=name, error=exc.message
+            )
+
+    def _blocks(self, loc: Location, uid: str) -> bool:
+        obj = self.api.store.get(*loc)
+        refs = meta(obj).get("ownerReferences") or [] if obj else []
+        return any(
+            isinstance(r, dict) and r.get("uid") == uid and r.get("blockOwnerDeletion")
+            for r in refs
+        )
 
     def check_owners(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
         refs = meta(obj).get("ownerReferences") or []
@@ -105,9 +177,11 @@ class GarbageCollector:
         m = meta(obj)
         self.api.replace(rtype, m.get("namespace"), m["name"], new)
 
-    def _delete(self, rtype: ResourceType, namespace: str | None, name: str) -> None:
+    def _delete(
+        self, rtype: ResourceType, namespace: str | None, name: str, policy: str = "Background"
+    ) -> None:
         try:
-            self.api.delete(rtype, namespace, name, {"propagationPolicy": "Background"})
+            self.api.delete(rtype, namespace, name, {"propagationPolicy": policy})
         except ApiError as exc:
             if exc.code != 404:
                 raise

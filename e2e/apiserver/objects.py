@@ -25,8 +25,11 @@ handlers, storage in :mod:`e2e.apiserver.store`. The rules implemented here:
   its objects. Deleting a Namespace marks it Terminating, deletes its contents
   and removes it once they are gone.
 
+  ``Foreground`` holds the owner (finalizer ``foregroundDeletion``) until its
+  dependents with ``blockOwnerDeletion`` are gone.
+
 # Limitation: Pods are deleted at once (there is no kubelet to confirm a
-# graceful deletion); Foreground propagation behaves like Background.
+# graceful deletion).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ log = get_logger("lab-apiserver")
 
 Scheduler = Callable[[Callable[[], None]], None]
 
+FOREGROUND_FINALIZER = "foregroundDeletion"
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 SYSTEM_META = (
     "uid",
@@ -368,6 +372,9 @@ class ObjectApi:
         policy = options.get("propagationPolicy")
         orphan = policy == "Orphan" or (policy is None and options.get("orphanDependents") is True)
         m = meta(old)
+        if policy == "Foreground" and not m.get("deletionTimestamp"):
+            if self.gc.dependents_in_scope(rtype, old):
+                return self._delete_foreground(rtype, old), False
         if m.get("finalizers") or rtype.key == NAMESPACE_KEY:
             if m.get("deletionTimestamp"):
                 return old, False
@@ -381,6 +388,17 @@ class ObjectApi:
                 self.schedule(lambda: self._empty_namespace(name))
             return stored, False
         return self._remove(rtype, old, orphan=orphan), True
+
+    def _delete_foreground(self, rtype: ResourceType, old: dict[str, Any]) -> dict[str, Any]:
+        """Hold the owner with the foregroundDeletion finalizer while its dependents go."""
+        marked = copy.deepcopy(old)
+        m = marked["metadata"]
+        m["deletionTimestamp"] = now()
+        m["deletionGracePeriodSeconds"] = 0
+        m["finalizers"] = [*(m.get("finalizers") or []), FOREGROUND_FINALIZER]
+        stored = self.store.put(rtype.key, marked)
+        self.gc.delete_dependents(rtype, stored)
+        return stored
 
     def delete_collection(
         self,
@@ -418,6 +436,7 @@ class ObjectApi:
             self.store.put(rtype.key, obj)
         removed = self.store.remove(rtype.key, namespace, name) or obj
         self.gc.owner_gone(str(m.get("uid")), namespace if rtype.namespaced else None, orphan)
+        self.gc.dependent_gone(removed)
         if rtype.key == CRD_KEY:
             for served in self.registry.unregister_crd(name):
                 self.store.drop_resource(served.key)

@@ -8,6 +8,8 @@ Scenarios:
 - deleting an owner deletes its dependents (background propagation), both for a
   namespaced owner and for a cluster-scoped owner of a cluster-scoped dependent;
 - a dependent with a second, living owner survives and only loses the reference;
+- Foreground propagation holds the owner (foregroundDeletion finalizer) until
+  its blocking dependent is gone, then removes it;
 - lab only: with --data-dir, objects and resourceVersions survive a restart and a
   SIGKILL of the server; creates after the restart get higher resourceVersions.
 """
@@ -170,3 +172,45 @@ def test_immediate_delete_answers_status(cluster: Cluster) -> None:
     core.create_namespaced_config_map(ns, {"metadata": {"name": name}})
     status = to_dict(core.api_client, core.delete_namespaced_config_map(name, ns))
     assert status["status"] == "Success" and status["details"]["name"] == name
+
+
+def test_foreground_deletion_waits_for_blocking_dependent(cluster: Cluster) -> None:
+    ns = cluster.namespace
+    core = k8s.CoreV1Api(cluster.client())
+    owner_name, dep_name = cluster.name("fg-owner"), cluster.name("fg-dep")
+    owner = core.create_namespaced_config_map(ns, {"metadata": {"name": owner_name}})
+    ref = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": owner_name,
+        "uid": owner.metadata.uid,
+        "blockOwnerDeletion": True,
+    }
+    core.create_namespaced_config_map(
+        ns,
+        {
+            "metadata": {
+                "name": dep_name,
+                "ownerReferences": [ref],
+                "finalizers": ["vmoverlay.io/hold"],
+            }
+        },
+    )
+    core.delete_namespaced_config_map(owner_name, ns, propagation_policy="Foreground")
+    held = core.read_namespaced_config_map(owner_name, ns)
+    assert held.metadata.deletion_timestamp and "foregroundDeletion" in held.metadata.finalizers
+    wait_for(
+        lambda: (
+            core.read_namespaced_config_map(dep_name, ns).metadata.deletion_timestamp is not None
+        ),
+        timeout=30,
+        what="dependent marked for deletion",
+    )
+    assert core.read_namespaced_config_map(owner_name, ns).metadata.deletion_timestamp
+    core.patch_namespaced_config_map(dep_name, ns, {"metadata": {"finalizers": None}})
+
+    def both_gone() -> bool:
+        names = {c.metadata.name for c in core.list_namespaced_config_map(ns).items}
+        return owner_name not in names and dep_name not in names
+
+    wait_for(both_gone, timeout=30, what="owner removed after its dependent")
