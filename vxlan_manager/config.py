@@ -57,6 +57,11 @@ ENV_KEYS = {
 }
 
 
+def netns_id() -> int:
+    """The inode of this process's network namespace (``/proc/self/ns/net``)."""
+    return os.stat("/proc/self/ns/net").st_ino
+
+
 class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message says which and how to fix it."""
 
@@ -80,7 +85,13 @@ class AgentConfig:
 
     @property
     def state_file(self) -> Path:
-        return Path(self.state_dir) / f"agent-{self.node}.json"
+        """``<state dir>/agent-<node>-<netns id>.json``.
+
+        The network namespace's inode keeps two agents apart that share a file
+        system but not a network (lab runs side by side with the same node
+        names); it is stable for the namespace's life, so restarts find the file.
+        """
+        return Path(self.state_dir) / f"agent-{self.node}-{netns_id()}.json"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,6 +1,6 @@
 """What the agent owns on this node, remembered across restarts.
 
-The state file (``/run/vmoverlay/agent-<node>.json`` by default) records the
+The state file (``/run/vmoverlay/agent-<node>-<netns inode>.json`` by default) records the
 FDB and neighbour entries the agent created. A restarted agent reads it before
 it touches anything, so it removes entries it made for a VM that left while it
 was down, and never removes an entry someone else made. ``/run`` is a tmpfs:

@@ -19,6 +19,7 @@ from vxlan_manager.config import (
     ConfigError,
     InterfaceInfo,
     load_config,
+    netns_id,
     resolve_underlay,
 )
 
@@ -28,7 +29,7 @@ def test_defaults() -> None:
     assert (cfg.vni, cfg.port, cfg.device, cfg.bridge) == (4242, 4789, "vmo-vx0", "vmo-br0")
     assert cfg.learning is False and cfg.resync_period == 60.0 and cfg.mtu is None
     assert cfg.metrics_addr == "127.0.0.1:9464"
-    assert str(cfg.state_file) == "/run/vmoverlay/agent-a.json"
+    assert str(cfg.state_file) == f"/run/vmoverlay/agent-a-{netns_id()}.json"
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:
