@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("starting", metrics=f"{host}:{port}", leader_elect=elector is not None)
 
     if elector is not None:
+        controller.watch()  # a standby keeps its caches and cool-downs warm
         elector.run(stop, on_lost=lambda: _set_all(lost, stop))
     if not stop.is_set():
         metrics.leader.set(1)
@@ -178,7 +179,7 @@ def _set_all(*events: threading.Event) -> None:
 
 def _start(controller: IPAMController, stop: threading.Event, failed: threading.Event) -> None:
     try:
-        controller.start()
+        controller.serve()
     except kube.KubeError as exc:
         controller.log.error(f"failed to start the controller: {exc}; check the API server")
         failed.set()

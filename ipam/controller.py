@@ -177,9 +177,21 @@ class IPAMController:
 
     def start(self) -> None:
         """Fill the caches, rebuild missing allocations, then start serving."""
-        self.events.start()
+        self.watch()
+        self.serve()
+
+    def watch(self) -> None:
+        """Start the caches only: a standby replica keeps its index and cool-downs warm,
+        so a fail-over does not forget which addresses were freed a moment ago."""
+        if self.vms.started:
+            return
         for informer in (self.pools, self.allocations, self.vms):
             informer.start()
+
+    def serve(self) -> None:
+        """Wait for the caches, rebuild missing allocations, then hand out addresses."""
+        self.watch()
+        self.events.start()
         for informer in (self.pools, self.allocations, self.vms):
             while not informer.synced.wait(0.2):
                 if self._stop.is_set():

@@ -68,6 +68,10 @@ class Informer:
         self._watch: k8s_watch.Watch | None = None
         self._thread = threading.Thread(target=self._run, name=f"informer-{resource}", daemon=True)
 
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
     def start(self) -> Informer:
         self._thread.start()
         return self

@@ -10,11 +10,10 @@ Both are hints, never the source of truth: the API server's name uniqueness
 decides who gets an address. A stale index costs an AlreadyExists and a
 retry, never a duplicate.
 
-# Limitation: the cool-down is held in memory. A controller that restarts
-# forgets which addresses were freed in the last cool-down period, and may
-# hand one of them out at once. Every controller that runs sees every
-# release through its watch, so with two controllers only a restart of both
-# loses the information.
+# Limitation: the cool-down is held in memory. Every replica, leader or
+# standby, watches every release, so a fail-over keeps the cool-downs; but a
+# restart of every replica at once forgets the addresses freed in the last
+# cool-down period, and one of them may be handed out at once.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ Scenarios:
   duplicate, no leak, every VM addressed;
 - leader election: of two controllers one serves; killing it lets the other take over;
   SIGTERM stops cleanly (exit 0); bad flags exit 2 with a clear message;
+- a fail-over keeps the cool-down: the standby watched the release, so the new leader
+  does not hand the freed address out ("1 of 2 in use, 1 cooling down before reuse");
 - /healthz, /readyz and the pool, latency and leader metrics.
 """
 
@@ -460,3 +462,32 @@ def test_killed_between_allocation_and_status_write(lab_api: LabApi, tmp_path: P
         assert net["ip"] == alloc["spec"]["ip"]
         time.sleep(0.5)
         check_invariants(lab, expect_vms=1)
+
+
+def test_fail_over_keeps_the_cool_down(lab_api: LabApi, tmp_path: Path) -> None:
+    """A standby watches while it waits, so it knows which address was freed a moment ago."""
+    lab = Lab(lab_api)
+    lab.create_pool("tiny", "198.19.0.0/30", default=True)  # two usable addresses
+    args = ["--lease-namespace", NS, "--lease-duration", "3", "--cooldown", "60"]
+    first = ControllerProcess(lab_api, tmp_path, *args, "--identity", "first")
+    second = ControllerProcess(lab_api, tmp_path, *args, "--identity", "second")
+    for proc in (first, second):
+        proc.args.remove("--no-leader-elect")
+    with first, second:
+        first.wait_serving()
+        lab.create_vm("pg-0")
+        lab.create_vm("pg-1")
+        freed = lab.wait_network("pg-0")["ip"]
+        lab.wait_network("pg-1")
+        lab.delete_vm("pg-0")
+        wait_for("release", lambda: len(lab.allocations()) == 1)
+        time.sleep(0.5)  # the standby's watch sees the release too
+        first.kill()
+        second.wait_serving(timeout=15)
+        lab.create_vm("pg-2")
+        cond = wait_for(
+            "exhausted",
+            lambda: (c := lab.condition("pg-2")) and c["reason"] == "PoolExhausted" and c,
+        )
+        assert cond["message"] == "pool tiny exhausted: 1 of 2 in use, 1 cooling down before reuse"
+        assert lab.network("pg-2") is None, f"{freed} reused within its cool-down"
