@@ -13,7 +13,8 @@ Scenarios:
   the VM is seen on B's bridge within 1 s of switch-over, C's FDB entry for the
   VM's MAC points at B, the probe gap is the pause plus at most a few probe
   intervals, pgbench has no failed transaction and no reconnect, and Postgres
-  sees the client's own overlay address (never source-NATed).
+  sees the client's own overlay address (never source-NATed); no lab namespace
+  has a default route.
 """
 
 from __future__ import annotations
@@ -200,6 +201,10 @@ def test_c13_fabric_learns_the_new_location_at_once(netns: RunNamespaces, tmp_pa
         for node_ns in lab.node_ns.values():
             rules = netns.run(node_ns, ["nft", "list", "ruleset"]).stdout
             assert "masquerade" not in rules and "snat" not in rules
+        for ns in netns.names:  # no lab namespace has a way out of the lab
+            for family in ("-4", "-6"):
+                routes = netns.run(ns, ["ip", family, "route", "show", "default"]).stdout
+                assert routes.strip() == "", (ns, routes)
 
         result = benches[0].finish()
         probe_out, _ = probe.communicate(input="", timeout=30)
