@@ -34,8 +34,12 @@ from e2e.apiserver import errors
 from e2e.apiserver.discovery import table
 from e2e.apiserver.resources import ResourceType
 from e2e.apiserver.store import RESET, Event, Store
+from vmoverlay.logs import get_logger
+
+log = get_logger("lab-apiserver")
 
 DEFAULT_TIMEOUT = 1800.0
+CLIENT_CHECK = 1.0
 
 
 class ConnectionReset(Exception):
@@ -111,10 +115,10 @@ async def serve_watch(
     request: web.Request, store: Store, req: WatchRequest, bookmark_interval: float
 ) -> web.StreamResponse:
     start_rv = _parse_rv(req.resource_version)
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
     sub = store.subscribe(req.rtype.key)
     try:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        response.enable_chunked_encoding()
         await response.prepare(request)
         if start_rv is not None and not store.can_replay(start_rv):
             status = errors.gone(
@@ -124,20 +128,18 @@ async def serve_watch(
             await response.write_eof()
             return response
         last = await _send_initial(response, store, req, start_rv)
-        try:
-            await _follow(response, sub.queue, req, last, bookmark_interval)
-        except ConnectionReset:
-            # Fault injection: drop the connection mid-stream, no end-of-stream chunk.
-            if request.transport is not None:
-                request.transport.close()
-            return response
+        await _follow(request, response, sub.queue, req, last, bookmark_interval)
         await response.write_eof()
-        return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        # The client went away; nothing to answer.
-        return web.StreamResponse()
+    except ConnectionReset:
+        # Fault injection: drop the connection mid-stream, no end-of-stream chunk.
+        if request.transport is not None:
+            request.transport.close()
+    except ConnectionResetError:
+        # The client went away mid-stream; there is no one left to answer.
+        log.debug("watch client went away", resource=req.rtype.key)
     finally:
         store.unsubscribe(sub)
+    return response
 
 
 def _parse_rv(text: str | None) -> int | None:
@@ -172,6 +174,7 @@ async def _send_initial(
 
 
 async def _follow(
+    request: web.Request,
     response: web.StreamResponse,
     queue: asyncio.Queue[Event | str | None],
     req: WatchRequest,
@@ -184,12 +187,16 @@ async def _follow(
         now = time.monotonic()
         if now >= deadline:
             return
-        wait = deadline - now
+        # Wake up at least every CLIENT_CHECK seconds: a client that went away
+        # while nothing happened must not keep its subscription until the timeout.
+        wait = min(deadline - now, CLIENT_CHECK)
         if req.bookmarks:
             wait = min(wait, max(0.0, next_bookmark - now))
         try:
             event = await asyncio.wait_for(queue.get(), timeout=wait)
         except TimeoutError:
+            if request.transport is None or request.transport.is_closing():
+                return
             if req.bookmarks and time.monotonic() >= next_bookmark:
                 await response.write(_bookmark(req.rtype, last))
                 next_bookmark = time.monotonic() + bookmark_interval

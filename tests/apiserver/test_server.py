@@ -17,7 +17,8 @@ Scenarios:
 - watch: BOOKMARK events when asked, sendInitialEvents ends with the
   initial-events-end bookmark; cutting watches ends streams and Watch resumes
   from its last resourceVersion without losing events; cutting with reset breaks
-  the stream (the client raises ProtocolError);
+  the stream (the client raises ProtocolError); a client that goes away from
+  a quiet watch is unsubscribed within seconds;
 - fault injection: the next N writes fail with the chosen code (and only for
   the chosen resource), then writes work again; delay slows answers;
 - audit: records User-Agent, verb, resource, subresource and answer code;
@@ -714,3 +715,10 @@ def test_events_apis_share_objects(lab_api_module: LabApi) -> None:
         for e in core.list_namespaced_event(ns).items
         if e.metadata.name.startswith("shared-")
     ] == ["shared-2"]
+
+
+def test_abandoned_quiet_watch_is_dropped() -> None:
+    with start_lab_api(mode="thread", data_dir=False, crds=False) as lab:
+        with urllib.request.urlopen(lab.url + "/api/v1/nodes?watch=true", timeout=10):
+            wait_for(lambda: lab.stats()["watches"] == 1, what="watch registered")
+        wait_for(lambda: lab.stats()["watches"] == 0, what="abandoned watch dropped")
