@@ -58,6 +58,10 @@ Design choices, and where they improve on the first design:
   a generous ``-T`` as a bound and ends it with SIGINT after the last migration,
   taking committed transactions from ``pgbench_history`` and failures from its
   per-second progress lines, so migrations need no fixed schedule.
+- Limitation: in ``netns`` mode a paused VM's processes are frozen but its
+  kernel (the namespace's network stack) keeps running: TCP timers still fire
+  during the pause and their segments are dropped at the detached uplink. A
+  QEMU guest's kernel stops too (``--mode qemu``, :mod:`e2e.qemu`).
 - Faults (``--fault agent-kill``, ``--fault ipam-restart``) hit the first
   migration: the target node's agent is SIGKILLed before the switch-over and
   restarted 1 s later; the IPAM controller is restarted. Every VM's network

@@ -66,7 +66,8 @@ def render(info: dict[str, Any]) -> str:
         "how to look around:",
         f"  ip netns exec {node_ns} bridge fdb show dev vmo-vx0     # a node's FDB entries",
         f"  ip netns exec {node_ns} ip -d link show vmo-vx0         # its VXLAN device",
-        f"  KUBECONFIG={info['kubeconfig']} ip netns exec {cp} kubectl get virtualmachines -A",
+        f"  KUBECONFIG={info['kubeconfig']} ip netns exec {cp} kubectl get vmovm -A  # kubectl",
+        f"  vmoverlay-lab check --run {info['run_id']}                  # fabric health",
     ]
     if first_vm:
         lines += [
