@@ -7,7 +7,8 @@ Modules, one concern each:
 - :mod:`.persist` SQLite write-through for ``--data-dir``;
 - :mod:`.objects` API semantics (create/update/patch/delete, status subresource,
   generation, finalizers, preconditions, CRDs, namespaces);
-- :mod:`.validation`, :mod:`.patch`, :mod:`.selectors` pure helpers;
+- :mod:`.rules`, :mod:`.validation`, :mod:`.patch`, :mod:`.selectors` pure
+  rules and helpers;
 - :mod:`.gc` ownerReferences garbage collection; :mod:`.views` types served as
   a view of another (events.k8s.io/v1 Events over core/v1 Events);
 - :mod:`.watch` watch streams; :mod:`.discovery` discovery documents and tables;

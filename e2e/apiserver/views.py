@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 from e2e.apiserver import errors
-from e2e.apiserver.objects import ObjectApi, apply_patch
+from e2e.apiserver.objects import ObjectApi
 from e2e.apiserver.resources import ResourceType
+from e2e.apiserver.rules import apply_patch
 from e2e.apiserver.store import meta
 
 # events.k8s.io/v1 field -> core/v1 field; the fields not listed keep their names.

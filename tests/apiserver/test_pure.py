@@ -10,6 +10,9 @@ Scenarios:
 - schema: type, required, enum, pattern, minimum/maximum, minLength, nested arrays;
   pruning of unknown fields and defaulting;
 - names: RFC 1123 subdomain and label checks;
+- rules: what an update keeps (main resource vs /status), which types track
+  generation and what counts as a spec change, delete answers, preconditions,
+  continue tokens;
 - store: resourceVersion per write, event history floor after compaction and overflow,
   owner index follows ownerReferences.
 """
@@ -20,7 +23,9 @@ from typing import Any
 
 import pytest
 
-from e2e.apiserver import patch, selectors, validation
+from e2e.apiserver import patch, rules, selectors, validation
+from e2e.apiserver.errors import ApiError
+from e2e.apiserver.resources import Registry
 from e2e.apiserver.store import Store
 
 
@@ -289,3 +294,62 @@ def test_store_versions_history_and_index() -> None:
     assert [e.type for e in store.events_after("g/things", 3)] == ["ADDED", "DELETED"]
     store.compact()
     assert not store.can_replay(4) and store.can_replay(5)
+
+
+def test_update_rules() -> None:
+    registry = Registry()
+    pods = registry.lookup("", "v1", "pods")
+    cms = registry.lookup("", "v1", "configmaps")
+    assert pods is not None and cms is not None
+    old = {
+        "metadata": {
+            "name": "p",
+            "namespace": "d",
+            "uid": "u",
+            "resourceVersion": "5",
+            "generation": 1,
+        },
+        "spec": {"a": 1},
+        "status": {"phase": "Running"},
+    }
+    new = {
+        "metadata": {"name": "p", "uid": "forged", "labels": {"x": "y"}},
+        "spec": {"a": 2},
+        "status": {"phase": "Failed"},
+    }
+    main = rules.merge_for_update(pods, old, new, None)
+    assert main["status"] == {"phase": "Running"} and main["spec"] == {"a": 2}
+    assert main["metadata"]["uid"] == "u" and main["metadata"]["labels"] == {"x": "y"}
+    assert main["metadata"]["namespace"] == "d" and main["metadata"]["resourceVersion"] == "5"
+    status = rules.merge_for_update(pods, old, new, "status")
+    assert status["spec"] == {"a": 1} and status["status"] == {"phase": "Failed"}
+    assert status["metadata"] == old["metadata"]
+    assert not rules.tracks_generation(pods) and not rules.tracks_generation(cms)
+    assert rules.spec_part(pods, old) == {"spec": {"a": 1}}
+
+
+def test_delete_answer_and_preconditions() -> None:
+    registry = Registry()
+    pods, cms = registry.lookup("", "v1", "pods"), registry.lookup("", "v1", "configmaps")
+    assert pods is not None and cms is not None
+    obj = {"metadata": {"name": "x", "uid": "u", "resourceVersion": "3"}}
+    assert rules.delete_answer(pods, obj) is obj
+    answer = rules.delete_answer(cms, obj)
+    assert answer["status"] == "Success" and answer["details"] == {
+        "name": "x",
+        "kind": "configmaps",
+        "uid": "u",
+    }
+    rules.check_preconditions(cms, obj, {"uid": "u", "resourceVersion": "3"})
+    for pre in ({"uid": "v"}, {"resourceVersion": "2"}):
+        with pytest.raises(ApiError) as err:
+            rules.check_preconditions(cms, obj, pre)
+        assert err.value.code == 409 and "Precondition failed" in err.value.message
+
+
+def test_continue_tokens() -> None:
+    token = rules.encode_continue(42, "ns/name")
+    assert rules.decode_continue(token) == "ns/name"
+    with pytest.raises(ApiError) as err:
+        rules.decode_continue("not-a-token")
+    assert err.value.code == 400
