@@ -43,7 +43,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from e2e.lab import preflight, report
+from e2e.lab import preflight, report, sheet
 from e2e.lab.cluster import ClusterError
 from e2e.lab.cni import CNIError
 from e2e.lab.components import ComponentError
@@ -57,7 +57,6 @@ from e2e.lab.pgbench import (
 )
 from e2e.lab.plan import plan_migrations, split_clients
 from e2e.lab.report import MigrationEvent, ProbeData, Totals
-from e2e.lab.sheet import cheat_sheet
 from e2e.lab.vm import VMError
 from e2e.netns import NetnsError, RunNamespaces
 from e2e.qemu.errors import QemuError
@@ -443,9 +442,13 @@ def qemu_problems() -> list[str]:
 
 
 def keep_running(lab: Lab, display: Display) -> None:
-    print(cheat_sheet(lab))
-    display("the lab stays up: Ctrl-C (or SIGTERM) removes it")
+    """``--keep``: the lab stays up, findable by ``status`` and ``check``, until a signal."""
+    path = sheet.save(lab)
+    print(sheet.cheat_sheet(lab), flush=True)
+    display(f"the lab stays up (cheat sheet in {path}): Ctrl-C (or SIGTERM) removes it")
     try:
         signal.pause()
     except Interrupted:
         return
+    finally:
+        path.unlink(missing_ok=True)
