@@ -20,13 +20,15 @@ handlers, storage in :mod:`e2e.apiserver.store`. The rules implemented here:
 - delete: preconditions (uid, resourceVersion) answer 409; an object with
   finalizers gets ``deletionTimestamp`` and stays until an update removes its
   last finalizer; removal hands the uid to the garbage collector (background
-  propagation; ``Orphan`` strips the owner reference instead).
+  propagation; ``Orphan`` strips the owner reference instead; ``Foreground``
+  holds the owner with the ``foregroundDeletion`` finalizer until its
+  dependents with ``blockOwnerDeletion`` are gone). A removed Pod or
+  ServiceAccount is answered as the object, anything else as a Success Status.
 - CRDs register and unregister their resource types; deleting a CRD deletes
   its objects. Deleting a Namespace marks it Terminating, deletes its contents
   and removes it once they are gone.
-
-  ``Foreground`` holds the owner (finalizer ``foregroundDeletion``) until its
-  dependents with ``blockOwnerDeletion`` are gone.
+- After a restart, dependents of owners that vanished while the server was
+  down are collected and terminating namespaces are emptied.
 
 # Limitation: Pods are deleted at once (there is no kubelet to confirm a
 # graceful deletion).
@@ -72,6 +74,7 @@ from e2e.apiserver.store import Store, meta
 from e2e.apiserver.validation import (
     decode_problem,
     prune_and_default,
+    validate_crd,
     validate_metadata,
     validate_name,
     validate_pod,
@@ -89,6 +92,7 @@ _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
 
 def run_now(fn: Callable[[], None]) -> None:
+    """The scheduler without an event loop (unit tests): run the work at once."""
     fn()
 
 
@@ -519,6 +523,8 @@ class ObjectApi:
         causes = validate_metadata(meta(obj))
         if rtype.key == "/pods":
             causes += validate_pod(obj, old)
+        elif rtype.key == CRD_KEY:
+            causes += validate_crd(obj)
         if rtype.schema is not None:
             pruned = prune_and_default(rtype.schema, obj)
             if strict and pruned:

@@ -434,3 +434,52 @@ def _pod_spec_frozen(spec: dict[str, Any]) -> dict[str, Any]:
                 for c in out[key]
             ]
     return out
+
+
+def validate_crd(crd: dict[str, Any]) -> list[Cause]:
+    """The CustomResourceDefinition checks that keep the registry sane."""
+    spec = _mapping(crd.get("spec"))
+    names = _mapping(spec.get("names"))
+    group, plural = spec.get("group"), names.get("plural")
+    causes: list[Cause] = []
+    if not group:
+        causes.append(("spec.group", "FieldValueRequired", "spec.group: Required value"))
+    if not plural:
+        causes.append(
+            ("spec.names.plural", "FieldValueRequired", "spec.names.plural: Required value")
+        )
+    if not names.get("kind"):
+        causes.append(("spec.names.kind", "FieldValueRequired", "spec.names.kind: Required value"))
+    name = (crd.get("metadata") or {}).get("name")
+    if group and plural and name != f"{plural}.{group}":
+        causes.append(
+            (
+                "metadata.name",
+                "FieldValueInvalid",
+                f'metadata.name: Invalid value: "{name}": must be spec.names.plural+"."+spec.group',
+            )
+        )
+    if spec.get("scope") not in ("Namespaced", "Cluster"):
+        causes.append(
+            (
+                "spec.scope",
+                "FieldValueNotSupported",
+                f'spec.scope: Unsupported value: "{spec.get("scope")}": supported values: '
+                '"Cluster", "Namespaced"',
+            )
+        )
+    versions = spec.get("versions")
+    storage = [v for v in versions or [] if isinstance(v, dict) and v.get("storage")]
+    if not isinstance(versions, list) or len(storage) != 1:
+        causes.append(
+            (
+                "spec.versions",
+                "FieldValueInvalid",
+                "spec.versions: Invalid value: must have exactly one version marked as storage version",
+            )
+        )
+    return causes
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

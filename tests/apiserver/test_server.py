@@ -28,6 +28,7 @@ Scenarios:
 - discovery: /api, /apis, /version; kubectl get, get --watch (Table rows) and
   apply work against it (with server-side strict field validation: an unknown
   field is refused);
+- a CRD whose name is not plural.group, or without one storage version, is 422;
 - metadata checks: bad label keys/values 422, new finalizers on a deleting
   object 422, unsupported field selectors 400, dryRun refused 400.
 """
@@ -722,3 +723,26 @@ def test_abandoned_quiet_watch_is_dropped() -> None:
         with urllib.request.urlopen(lab.url + "/api/v1/nodes?watch=true", timeout=10):
             wait_for(lambda: lab.stats()["watches"] == 1, what="watch registered")
         wait_for(lambda: lab.stats()["watches"] == 0, what="abandoned watch dropped")
+
+
+def test_crd_checks(lab_api_module: LabApi) -> None:
+    def crd(name: str, storage: bool = True) -> bytes:
+        return json.dumps(
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "group": "example.io",
+                    "scope": "Cluster",
+                    "names": {"plural": "widgets", "kind": "Widget"},
+                    "versions": [{"name": "v1", "served": True, "storage": storage}],
+                },
+            }
+        ).encode()
+
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    status, answer = raw(lab_api_module, "POST", path, crd("widgets.other.io"))
+    assert status == 422 and "must be spec.names.plural" in answer["message"]
+    status, answer = raw(lab_api_module, "POST", path, crd("widgets.example.io", storage=False))
+    assert status == 422 and "storage version" in answer["message"]
+    assert raw(lab_api_module, "POST", path, crd("widgets.example.io"))[0] == 201
+    assert raw(lab_api_module, "GET", "/apis/example.io/v1/widgets")[1]["items"] == []
