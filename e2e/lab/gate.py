@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -56,7 +55,8 @@ from e2e.lab.pgbench import (
     run_argv,
 )
 from e2e.lab.plan import plan_migrations, split_clients
-from e2e.lab.report import MigrationEvent, ProbeData, Totals
+from e2e.lab.probe import ProbeError, ProbeRunner
+from e2e.lab.report import MigrationEvent, Totals
 from e2e.lab.vm import VMError
 from e2e.netns import NetnsError, RunNamespaces
 from e2e.qemu.errors import QemuError
@@ -79,6 +79,7 @@ LAB_ERRORS = (
     NetnsError,
     KubeError,
     QemuError,
+    ProbeError,
 )
 
 
@@ -179,6 +180,7 @@ class Gate:
     args: argparse.Namespace
     display: Display
     events: list[MigrationEvent] = field(default_factory=list)
+    probes: list[ProbeRunner] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
     def run(self) -> dict[str, Any]:
@@ -220,7 +222,10 @@ class Gate:
             lab.run.check(lab.client_ns, init_argv(lab.vms[name].ip, bound_ms=args.no_progress_ms))
         budget = max(args.spacing, 1.5 * max(lab.cni_add_seconds, default=0.5) + 0.5)
         seconds = math.ceil(LEAD_S + 3 * len(plan) * budget + TAIL_S + 30)
-        probes = [self._start_probe(lab, lab.vms[name].ip, bound_s) for name in vms]
+        probes = [
+            ProbeRunner(lab.run, lab.client_ns, lab.vms[name].ip, bound_s=bound_s) for name in vms
+        ]
+        self.probes = probes
         self.display(
             f"pgbench: {args.clients} clients; {len(plan)} migrations at least "
             f"{args.spacing:g}s apart, pause {args.pause_ms} ms"
@@ -236,7 +241,7 @@ class Gate:
             for bench in benches:
                 bench.stop()
             load_end = time.monotonic()
-            data = [self._stop_probe(p) for p in probes]
+            data = [p.stop() for p in probes]
         if self.args.log_dir:
             for name, probe in zip(vms, data, strict=True):
                 path = self.args.log_dir / f"probe-{name}.json"
@@ -321,6 +326,8 @@ class Gate:
         for k, (vm, source, target) in enumerate(plan):
             prep = lab.prepare_migration(vm, target)
             self._wait_until(due, benches)
+            if k > 0:
+                self._live(k - 1)
             if time.monotonic() > began + seconds - TAIL_S:
                 self.reasons.append(
                     f"migration {k + 1} could not start before pgbench's end: machine too slow"
@@ -362,6 +369,8 @@ class Gate:
     def _settle(self, benches: list[PgbenchRun]) -> None:
         """The tail after the last migration: its window, and time for late failures to show."""
         self._wait_until(time.monotonic() + TAIL_S, benches)
+        if self.events:
+            self._live(len(self.events) - 1)
 
     def _history_count(self, lab: Lab, ip: str, result: PgbenchResult) -> int:
         """Committed transactions (pgbench_history rows); pgbench's own rates if unreachable."""
@@ -391,20 +400,20 @@ class Gate:
             return True
         return False
 
-    def _start_probe(self, lab: Lab, ip: str, bound_s: float) -> subprocess.Popen[str]:
-        argv = [sys.executable, "-m", "e2e.lab.probe", "--host", ip, "--bound", str(bound_s)]
-        proc = lab.run.popen(
-            lab.client_ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    def _live(self, k: int) -> None:
+        """What the probes saw of migration ``k`` so far: one progress line."""
+        event = self.events[k]
+        start = event.freeze - report.WINDOW_LEAD_S
+        seen = [e for p in self.probes for e in p.since(start)]
+        gap = max((e["ms"] for e in seen if e["event"] == "gap"), default=0.0)
+        lost = sum(e["lost"] for e in seen if e["event"] == "gap")
+        stall = max((e["ms"] for e in seen if e["event"] == "stall"), default=0.0)
+        broke = sum(1 for e in seen if e["event"] == "break")
+        self.display(
+            f"  migration {event.index}: blackout {gap:.0f} ms ({lost} probes lost), "
+            f"extra {max(0.0, gap - (event.resume - event.freeze) * 1000):.0f} ms, "
+            f"longest query {stall:.0f} ms" + (f", {broke} BROKEN" if broke else "")
         )
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            raise LabError(f"the probe for {ip} did not start")
-        return proc
-
-    @staticmethod
-    def _stop_probe(proc: subprocess.Popen[str]) -> ProbeData:
-        out, _ = proc.communicate(input="", timeout=30)
-        return ProbeData.from_json(json.loads(out))
 
     def settings(self) -> dict[str, Any]:
         a = self.args

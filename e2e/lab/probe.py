@@ -1,8 +1,11 @@
 """The precise probe: one long-lived Postgres connection and a datagram echo, every 10 ms.
 
 Runs inside the client namespace (``python -m e2e.lab.probe ...``) until its
-standard input closes, then prints one JSON document with every timestamped
-observation. Timestamps are ``time.monotonic()``: CLOCK_MONOTONIC is one clock
+standard input closes. It prints JSON lines: ``ready`` once both probes run,
+``gap`` (datagrams lost in a row), ``stall`` (queries that took long) and
+``break`` (the connection broke) as they happen, for the gate's live display,
+and at the end ``result`` with every timestamped observation.
+:class:`ProbeRunner` is the gate's side of it. Timestamps are ``time.monotonic()``: CLOCK_MONOTONIC is one clock
 for the whole machine, so the gate can lay them beside its own migration
 timestamps without any conversion.
 
@@ -20,12 +23,27 @@ import argparse
 import json
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from e2e.lab.pgwire import PgConnection, PgError
+from e2e.lab.report import ProbeData
+
+if TYPE_CHECKING:  # the probe itself runs without the lab's heavier imports
+    from e2e.netns import RunNamespaces
+
+STALL_EVENT_INTERVALS = 5
+_out_lock = threading.Lock()
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One JSON line on stdout; the threads share it."""
+    with _out_lock:
+        sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+        sys.stdout.flush()
 
 
 class Probe:
@@ -48,9 +66,17 @@ class Probe:
                     conn = PgConnection(self.host, self.pg_port, timeout=self.bound)
                     start = time.monotonic()
                 conn.query("SELECT 1")
-                self.queries.append((start, time.monotonic()))
+                done = time.monotonic()
+                if (
+                    self.queries
+                    and done - self.queries[-1][1] > STALL_EVENT_INTERVALS * self.interval
+                ):
+                    last = self.queries[-1][1]
+                    emit("stall", t=round(last, 6), ms=round((done - last) * 1000, 1))
+                self.queries.append((start, done))
             except PgError as exc:
                 self.breaks.append((time.monotonic(), str(exc)))
+                emit("break", t=round(self.breaks[-1][0], 6), error=str(exc))
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -75,6 +101,7 @@ class Probe:
 
     def run_udp_recv(self, sock: socket.socket) -> None:
         sock.settimeout(0.2)
+        highest = -1
         while not self.stop.is_set():
             try:
                 data = sock.recv(64)
@@ -82,8 +109,15 @@ class Probe:
                 continue
             except OSError:
                 continue  # ICMP errors surface here; the missing reply is the measurement
-            if len(data) == 8:
-                self.udp_recv.append((struct.unpack("!Q", data)[0], time.monotonic()))
+            if len(data) != 8:
+                continue
+            seq = struct.unpack("!Q", data)[0]
+            self.udp_recv.append((seq, time.monotonic()))
+            if seq > highest + 1 and highest >= 0:
+                first = abs(self.udp_sent[highest + 1])
+                ms = (abs(self.udp_sent[seq]) - first) * 1000
+                emit("gap", t=round(first, 6), ms=round(ms, 1), lost=seq - highest - 1)
+            highest = max(highest, seq)
 
     def result(self) -> dict[str, Any]:
         return {
@@ -128,14 +162,61 @@ def main() -> None:
     ]
     for thread in threads:
         thread.start()
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+    emit("ready")
     sys.stdin.read()
     probe.stop.set()
     for thread in threads:
         thread.join(timeout=args.bound + 1)
-    json.dump(probe.result(), sys.stdout)
-    sys.stdout.flush()
+    emit("result", **probe.result())
+
+
+class ProbeRunner:
+    """The gate's side: start the probe in a namespace, follow its events, collect its data."""
+
+    def __init__(self, run: RunNamespaces, ns: str, host: str, *, bound_s: float) -> None:
+        argv = [sys.executable, "-m", "e2e.lab.probe", "--host", host, "--bound", str(bound_s)]
+        self.host = host
+        self.proc = run.popen(ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.events: list[dict[str, Any]] = []
+        self._result: dict[str, Any] | None = None
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(timeout=30):
+            self.proc.kill()
+            raise ProbeError(f"the probe for {host} did not start")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            event = json.loads(line)
+            if event["event"] == "ready":
+                self._ready.set()
+            elif event["event"] == "result":
+                self._result = event
+            else:
+                self.events.append(event)
+
+    def since(self, start: float) -> list[dict[str, Any]]:
+        return [e for e in list(self.events) if e["t"] >= start]
+
+    def stop(self, timeout: float = 30.0) -> ProbeData:
+        """Close the probe's stdin, wait for its result; a probe gone wrong is killed."""
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)
+        if self._result is None:
+            raise ProbeError(f"the probe for {self.host} gave no result")
+        return ProbeData.from_json(self._result)
+
+
+class ProbeError(RuntimeError):
+    pass
 
 
 if __name__ == "__main__":

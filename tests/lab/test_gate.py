@@ -36,6 +36,7 @@ from e2e.lab import report
 from e2e.lab.announce import packet_socket
 from e2e.lab.lab import Lab, LabConfig, node_address
 from e2e.lab.pgbench import PgbenchRun, conninfo, init_argv, run_argv
+from e2e.lab.probe import ProbeRunner
 from e2e.netns import RunNamespaces, list_namespaces
 from tests.fixtures.netns import require_root_netns
 
@@ -160,14 +161,7 @@ def test_c13_fabric_learns_the_new_location_at_once(netns: RunNamespaces, tmp_pa
         lab.finish_migration(warm, lab.switch_over(warm))
         a, b, c = "n2", "n1", lab.client_node
         netns.check(lab.client_ns, init_argv(vm.ip, bound_ms=10000))
-        probe = netns.popen(
-            lab.client_ns,
-            [sys.executable, "-m", "e2e.lab.probe", "--host", vm.ip],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
+        probe = ProbeRunner(netns, lab.client_ns, vm.ip, bound_s=10)
         argv = run_argv(vm.ip, clients=2, seconds=60, rate=100, bound_ms=10000)
         benches.append(
             PgbenchRun(["ip", "netns", "exec", lab.client_ns, *argv], clients=2, bound_s=10)
@@ -207,8 +201,9 @@ def test_c13_fabric_learns_the_new_location_at_once(netns: RunNamespaces, tmp_pa
                 assert routes.strip() == "", (ns, routes)
 
         result = benches[0].finish()
-        probe_out, _ = probe.communicate(input="", timeout=30)
-        data = report.ProbeData.from_json(json.loads(probe_out))
+        gaps = [e for e in probe.since(times.freeze - 0.3) if e["event"] == "gap"]
+        data = probe.stop()
+        assert gaps, "the probe reported no live gap for the pause"
         black, lost = report.blackout(data, times.freeze - 0.3, times.resume + 1.5)
         assert lost > 0
         assert black <= times.pause_s + 5 * data.interval, (black, times.pause_s)
@@ -219,6 +214,6 @@ def test_c13_fabric_learns_the_new_location_at_once(netns: RunNamespaces, tmp_pa
     finally:
         for bench in benches:
             bench.stop()
-        if probe is not None and probe.poll() is None:
-            probe.kill()
+        if probe is not None and probe.proc.poll() is None:
+            probe.proc.kill()
         lab.close()
