@@ -11,13 +11,16 @@ Scenarios:
 - the summary passes only without broken connections, failed transactions and
   with stalls within the bound; percentiles; the table and JUnit XML;
 - QEMU's RARP announcement frame and its round schedule;
-- the minimal Postgres protocol decoding (data rows, errors).
+- the minimal Postgres protocol decoding (data rows, errors);
+- preflight: not root and missing Postgres binaries are reported with the fix,
+  and the gate exits 2 with them, without a traceback.
 """
 
 from __future__ import annotations
 
 import struct
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -246,3 +249,24 @@ def test_pgwire_decoding() -> None:
     assert pgwire._data_row(row) == ["1", None]
     err = b"SERROR\0C57P01\0Mterminating connection\0\0"
     assert pgwire._error_text(err) == "57P01 terminating connection"
+
+
+def test_preflight_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from e2e.lab import preflight
+
+    monkeypatch.setattr(preflight.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(preflight, "PG_BIN", tmp_path / "no-postgres")
+    found = preflight.problems()
+    assert any("not root" in line and "sudo make lab" in line for line in found)
+    assert any("apt-get install postgresql-15" in line for line in found)
+
+
+def test_gate_reports_missing_prerequisites_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from e2e.lab import gate
+
+    monkeypatch.setattr(gate.preflight, "problems", lambda: ["not root: run it as root"])
+    assert gate.main(["--vms", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run the lab" in err and "not root" in err and "Traceback" not in err
