@@ -181,6 +181,7 @@ class Gate:
     display: Display
     events: list[MigrationEvent] = field(default_factory=list)
     probes: list[ProbeRunner] = field(default_factory=list)
+    timers: list[threading.Timer] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
     def run(self) -> dict[str, Any]:
@@ -208,6 +209,9 @@ class Gate:
                 # A second Ctrl-C must not cut the clean-up short.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                for timer in self.timers:
+                    timer.cancel()
+                    timer.join()
                 if failed:
                     self.display(f"the lab failed; its logs stay in {lab.log_dir}")
                 self.display("removing the lab")
@@ -337,7 +341,9 @@ class Gate:
             times = lab.switch_over(prep)
             due = times.resume + self.args.spacing
             if killed:
-                threading.Timer(AGENT_DOWN_S, lab.start_agent, args=(target,)).start()
+                timer = threading.Timer(AGENT_DOWN_S, lab.start_agent, args=(target,))
+                self.timers.append(timer)
+                timer.start()
             self.events.append(
                 MigrationEvent(
                     index=k + 1,
