@@ -62,8 +62,8 @@ Design choices, and where they improve on the first design:
   kernel (the namespace's network stack) keeps running: TCP timers still fire
   during the pause and their segments are dropped at the detached uplink. A
   QEMU guest's kernel stops too (``--mode qemu``, :mod:`e2e.qemu`).
-- Faults (``--fault agent-kill``, ``--fault ipam-restart``) hit the first
-  migration: the target node's agent is SIGKILLed before the switch-over and
-  restarted 1 s later; the IPAM controller is restarted. Every VM's network
-  record must be the same after the run as before.
+- Faults: ``--fault agent-kill`` SIGKILLs the target node's agent just before
+  the first switch-over and restarts it 1 s later; ``--fault ipam-restart``
+  restarts the IPAM controller before the middle migration. Every VM's
+  network record must be the same after the run as before.
 """

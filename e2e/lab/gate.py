@@ -117,9 +117,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="append",
         choices=FAULTS,
         default=[],
-        help="inject a fault during the first migration (repeatable): agent-kill kills the "
-        "target node's agent before switch-over and restarts it 1 s after; ipam-restart "
-        "restarts the IPAM controller",
+        help="inject a fault (repeatable): agent-kill kills the target node's agent just "
+        "before the first switch-over and restarts it 1 s after; ipam-restart restarts the "
+        "IPAM controller just before the middle migration",
     )
     add_logging_args(p)
     args = p.parse_args(argv)
@@ -337,7 +337,7 @@ class Gate:
                     f"migration {k + 1} could not start before pgbench's end: machine too slow"
                 )
                 return
-            killed = self._inject_faults(lab, k, target)
+            killed = self._inject_faults(lab, k, len(plan), target)
             times = lab.switch_over(prep)
             due = times.resume + self.args.spacing
             if killed:
@@ -393,14 +393,12 @@ class Gate:
         )
         return estimate
 
-    def _inject_faults(self, lab: Lab, k: int, target: str) -> bool:
-        """Faults of the first migration; True when the target's agent was killed."""
-        if k != 0:
-            return False
-        if "ipam-restart" in self.args.fault:
+    def _inject_faults(self, lab: Lab, k: int, planned: int, target: str) -> bool:
+        """Faults due before migration ``k``; True when the target's agent was killed."""
+        if "ipam-restart" in self.args.fault and k == planned // 2:
             self.display("fault: restarting the IPAM controller")
             lab.restart_ipam()
-        if "agent-kill" in self.args.fault:
+        if "agent-kill" in self.args.fault and k == 0:
             self.display(f"fault: killing the agent on {target} (back in {AGENT_DOWN_S:g}s)")
             lab.kill_agent(target)
             return True

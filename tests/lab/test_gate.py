@@ -6,8 +6,9 @@ Scenarios:
   and no namespace of its run is left behind;
 - the failing control, ``--binding pod-network``: a migration re-addresses the VM,
   connections break, the gate counts them and exits 1;
-- faults during a migration: the target node's agent killed (back after 1 s) and
-  the IPAM controller restarted: no connection breaks, no VM is re-addressed;
+- faults: the target node's agent killed just before the first switch-over (back
+  after 1 s) and the IPAM controller restarted before the second migration: no
+  connection breaks, no VM is re-addressed;
 - C13 (in-process, through the Lab API): while a client on node C pings every
   10 ms and holds pgbench sessions, the VM moves A -> B: a gratuitous ARP for
   the VM is seen on B's bridge within 1 s of switch-over, C's FDB entry for the
