@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         if controller.ready.is_set():
             return True, "serving"
         if elector is not None and not elector.leading.is_set():
+            if not controller.synced():
+                return False, "standby: filling caches"
             return True, f"standby: lease held by {elector.holder or 'nobody'}"
         return False, "rebuilding allocations"
 

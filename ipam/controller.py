@@ -188,6 +188,10 @@ class IPAMController:
         for informer in (self.pools, self.allocations, self.vms):
             informer.start()
 
+    def synced(self) -> bool:
+        """Whether every cache has been filled from the API at least once."""
+        return all(i.synced.is_set() for i in (self.pools, self.allocations, self.vms))
+
     def serve(self) -> None:
         """Wait for the caches, rebuild missing allocations, then hand out addresses."""
         self.watch()
@@ -421,9 +425,7 @@ class IPAMController:
 
         name = api.allocation_name(net.pool, address)
         held = self.index.get(name) or self._restore_allocation(vm, net.pool, address)
-        if held is None:
-            raise kube.Conflict(f"allocation {name} vanished while restoring it; retrying")
-        if not conditions:
+        if held is None or not conditions:
             return
         if held.alloc.vm.uid != vm.uid:
             self._report_address_conflict(vm, obj, held)
@@ -449,11 +451,25 @@ class IPAMController:
         return str(address), "", ""
 
     def _restore_allocation(self, vm: api.VirtualMachine, pool: str, ip: str) -> Held | None:
+        """Re-create the allocation of a recorded address; None if the VM is gone meanwhile.
+
+        The VM is read again after the create: a VM deleted just before (its
+        release found nothing to free) must not leave the new allocation behind.
+        One deleted just after finds it in the index when its DELETED event comes.
+        """
+        name = api.allocation_name(pool, ip)
         try:
             held = held_from_obj(self.store.create_allocation(pool, ip, vm.ref))
         except kube.AlreadyExists:
-            return self._fetch_allocation(api.allocation_name(pool, ip))
+            existing = self._fetch_allocation(name)
+            if existing is None:
+                raise kube.Conflict(f"allocation {name} vanished while restoring it") from None
+            return existing
         self.index.put(held)
+        current = self._reread(vm)
+        if current is None or (current.get("metadata") or {}).get("uid") != vm.uid:
+            self._rollback(name, held.object_uid, vm, "VM deleted while restoring its allocation")
+            return None
         self.log.info(
             "restored missing allocation of recorded address", vm=vm.key, ip=ip, pool=pool
         )

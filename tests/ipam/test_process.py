@@ -74,6 +74,14 @@ def scrape(port: int, metric: str) -> float:
     return 0.0
 
 
+def readyz(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+            return str(answer.read().decode())
+    except OSError:
+        return ""
+
+
 def create_vms(lab: Lab, names: list[str], threads: int = 8) -> None:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lab.create_vm, names))
@@ -469,12 +477,17 @@ def test_fail_over_keeps_the_cool_down(lab_api: LabApi, tmp_path: Path) -> None:
     lab = Lab(lab_api)
     lab.create_pool("tiny", "198.19.0.0/30", default=True)  # two usable addresses
     args = ["--lease-namespace", NS, "--lease-duration", "3", "--cooldown", "60"]
+    port = free_port()
     first = ControllerProcess(lab_api, tmp_path, *args, "--identity", "first")
-    second = ControllerProcess(lab_api, tmp_path, *args, "--identity", "second")
+    second = ControllerProcess(
+        lab_api, tmp_path, *args, "--identity", "second", "--metrics-addr", f"127.0.0.1:{port}"
+    )
     for proc in (first, second):
         proc.args.remove("--no-leader-elect")
-    with first, second:
+    with first:
         first.wait_serving()
+        second.start()
+        wait_for("a warm standby", lambda: readyz(port).startswith("standby: lease held by first"))
         lab.create_vm("pg-0")
         lab.create_vm("pg-1")
         freed = lab.wait_network("pg-0")["ip"]
@@ -491,3 +504,4 @@ def test_fail_over_keeps_the_cool_down(lab_api: LabApi, tmp_path: Path) -> None:
         )
         assert cond["message"] == "pool tiny exhausted: 1 of 2 in use, 1 cooling down before reuse"
         assert lab.network("pg-2") is None, f"{freed} reused within its cool-down"
+        second.kill()
