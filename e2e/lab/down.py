@@ -3,7 +3,8 @@
 Only namespaces named ``vmo-<run id>-...`` whose run's owner process is gone
 are removed (:func:`e2e.netns.remove_leftovers`); a lab that is still running,
 another helper's test run, or any namespace not named ``vmo-`` is never
-touched. Temp dirs of those runs (``/tmp/vmo-<run id>-*``) go too. Exit code 0,
+touched. The lab's temp dirs of dead runs (``/tmp/vmo-<run id>-lab-*`` and the
+VMs' ``/tmp/vmo-<run id>-vm<i>-*``) go too. Exit code 0,
 also when there was nothing to remove; 2 when not root.
 """
 
@@ -11,13 +12,28 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from e2e.lab.sheet import sheet_path
-from e2e.netns import NetnsError, leftover_runs, remove_leftovers
+from e2e.netns import NetnsError, leftover_runs, remove_leftovers, run_is_alive
+
+LAB_DIR_RE = re.compile(r"^vmo-(?P<run>[0-9a-f]{6})-(lab|vm\d+)-")
+
+
+def dead_lab_dirs(root: Path | None = None, *, only: str | None = None) -> list[Path]:
+    """Temp dirs of lab runs whose process is gone (the lab's own and its VMs' data dirs)."""
+    found = []
+    for path in sorted((root or Path(tempfile.gettempdir())).glob("vmo-*")):
+        match = LAB_DIR_RE.match(path.name)
+        if not match or only not in (None, match.group("run")):
+            continue
+        if path.is_dir() and not run_is_alive(match.group("run")):
+            found.append(path)
+    return found
 
 
 def main(argv: list[str]) -> int:
@@ -35,8 +51,9 @@ def main(argv: list[str]) -> int:
         return 1
     for run_id in runs:
         sheet_path(run_id).unlink(missing_ok=True)
-        for path in Path(tempfile.gettempdir()).glob(f"vmo-{run_id}-*"):
-            shutil.rmtree(path, ignore_errors=True)
+    for path in dead_lab_dirs(only=args.run):
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"removed {path}")
     for name in removed:
         print(f"removed {name}")
     print(f"{len(removed)} leftover namespace(s) of {len(runs)} dead run(s) removed")

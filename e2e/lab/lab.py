@@ -476,7 +476,16 @@ class Lab:
             self.api.close()
         for vm in self.vms.values():
             vmmod.remove_datadir(vm)
-        if not keep_logs and self.config.log_dir is None:
+        self._remove_tmp(keep_logs=keep_logs)
+
+    def _remove_tmp(self, *, keep_logs: bool) -> None:
+        """The lab's temp dir goes; only the logs stay, when asked and kept in it."""
+        if not keep_logs or self.config.log_dir is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
-        elif self.config.log_dir is None:
-            shutil.rmtree(self.kubeconfig, ignore_errors=True)
+            return
+        for path in self._tmp.iterdir():
+            if path != self.log_dir:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)

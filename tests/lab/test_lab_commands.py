@@ -4,6 +4,8 @@ Scenarios:
 - ``down --run ID`` removes the namespaces of a run whose process died and
   leaves a live run's namespaces alone; ``status --json`` lists the dead run as a
   leftover before and not after;
+- the lab temp dirs of dead runs are found, those of live runs and anything not
+  named like a lab dir are not;
 - the gate stopped by SIGTERM in the middle of its migrations exits 130 and
   leaves no namespace, pid file or process of its run behind;
 - bad arguments are refused with exit code 2 before anything is created.
@@ -94,3 +96,14 @@ def test_gate_refuses_bad_arguments() -> None:
     assert proc.returncode == 2
     assert "--nodes >= 2" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_down_finds_only_dead_lab_temp_dirs(netns: RunNamespaces, tmp_path: Path) -> None:
+    dead = tmp_path / "vmo-abcdef-lab-x1"
+    dead_vm = tmp_path / "vmo-abcdef-vm1-x2"
+    live = tmp_path / f"vmo-{netns.run_id}-lab-x3"
+    foreign = tmp_path / "vmo-labapi-x4"
+    for path in (dead, dead_vm, live, foreign):
+        path.mkdir()
+    assert down.dead_lab_dirs(tmp_path) == [dead, dead_vm]
+    assert down.dead_lab_dirs(tmp_path, only="123456") == []
