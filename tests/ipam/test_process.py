@@ -304,14 +304,18 @@ def test_leader_election_one_serves_and_the_other_takes_over(
     lab = Lab(lab_api)
     lab.create_pool("default", "198.19.0.0/24", default=True)
     args = ["--lease-namespace", NS, "--lease-duration", "3"]
+    port = free_port()
     first = ControllerProcess(lab_api, tmp_path, *args, "--identity", "first")
-    second = ControllerProcess(lab_api, tmp_path, *args, "--identity", "second")
+    second = ControllerProcess(
+        lab_api, tmp_path, *args, "--identity", "second", "--metrics-addr", f"127.0.0.1:{port}"
+    )
     for proc in (first, second):
         proc.args.remove("--no-leader-elect")
     with first:
         first.wait_serving()
         with second:
-            time.sleep(2)
+            wait_for("standby", lambda: readyz(port).startswith("standby: lease held by first"))
+            time.sleep(1)  # several lease rounds
             assert '"msg":"serving"' not in second.log_text(), "standby must not serve"
             lab.create_vm("pg-0")
             lab.wait_network("pg-0")
