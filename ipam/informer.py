@@ -127,7 +127,12 @@ class Informer:
         return str((answer.get("metadata") or {}).get("resourceVersion") or "")
 
     def _watch_from(self, version: str) -> None:
-        """Watch until stopped; resume after a stream ends or drops; raise on 410 and errors."""
+        """Watch until stopped; resume after a stream ends or drops; raise on 410 and errors.
+
+        A stream that drops again and again (API server down) resumes after a
+        growing delay, up to 5 s; one that delivered events resumes at once.
+        """
+        drops = 0
         while not self._stop.is_set():
             self._watch = k8s_watch.Watch()
             stream = self._watch.stream(
@@ -141,12 +146,21 @@ class Informer:
                 with kube.api_errors():
                     for event in stream:
                         version = self._apply(event) or version
+                        drops = 0
                         if self._stop.is_set():
                             return
             except kube.Unavailable as exc:
                 # A dropped stream: resume from the last version; 410 relists.
-                self._log.info("watch stream dropped, resuming", version=version, error=str(exc))
-                self._stop.wait(0.1)
+                delay = min(5.0, 0.05 * (2**drops))
+                drops += 1
+                self._log.info(
+                    "watch stream dropped, resuming",
+                    version=version,
+                    attempt=drops,
+                    retry_in=f"{delay:.2f}s",
+                    error=str(exc),
+                )
+                self._stop.wait(delay)
 
     def _apply(self, event: dict[str, Any]) -> str:
         kind = str(event.get("type"))

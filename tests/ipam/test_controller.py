@@ -26,7 +26,9 @@ Scenarios:
   adopted, so the VM gets that same address;
 - a VM whose recorded address is held by another VM gets an AddressConflict condition,
   an Event and a metric, and nothing changes; one whose recorded address lies outside
-  its pool gets AddressOutsidePool, and nothing is allocated.
+  its pool gets AddressOutsidePool, and nothing is allocated;
+- the API server dies and comes back (same data): the controller re-watches and
+  addresses the next VM.
 """
 
 from __future__ import annotations
@@ -375,3 +377,17 @@ def test_recorded_address_outside_its_pool_is_reported_not_changed(
         assert cond["message"] == "address 198.19.7.7 is outside pool default (198.19.0.0/24)"
         assert lab.network("stray") == net
         assert lab.allocations() == []
+
+
+def test_api_server_restart_is_survived(lab_api: LabApi, lab: Lab) -> None:
+    lab.create_pool("default", "198.19.0.0/24", default=True)
+    with controller(lab_api):
+        lab.create_vm("before")
+        lab.wait_network("before")
+        # SIGKILL, not stop(): the lab server's SIGTERM waits ~10 s for open watches.
+        lab_api.kill()
+        time.sleep(1.0)  # watches fail and back off while the server is away
+        lab_api.start()
+        lab.create_vm("after")
+        lab.wait_network("after", timeout=30)
+        check_invariants(lab, expect_vms=2)
