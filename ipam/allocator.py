@@ -187,7 +187,9 @@ def candidates(layout: PoolLayout, blocked: Collection[int], seed: str) -> Itera
     nothing when every allocatable address is blocked.
     """
     size = layout.size
-    if sum(1 for ip in blocked if layout.allocatable(ip)) >= size:
+    # Counting is only needed when the pool may be full (blocked holds at least
+    # ``size`` addresses); it spares a walk over every address of a full pool.
+    if len(blocked) >= size and sum(1 for ip in blocked if layout.allocatable(ip)) >= size:
         return
     start = start_index(seed, size)
     for step in range(size):
