@@ -85,6 +85,7 @@ Key = tuple[str, str]
 MAX_CLAIM_ATTEMPTS = 64
 STATUS_ATTEMPTS = 5
 POOL_STATUS_DELAY = 0.5
+INT64_MAX = 2**63 - 1
 # An allocation of a VM without status, made by another controller, is left to it
 # for this long (it is writing the status) before this controller adopts it.
 ADOPT_AFTER = 2.0
@@ -822,7 +823,12 @@ class IPAMController:
     ) -> None:
         old = dict(obj.get("status") or {})
         conditions, changed = with_condition(old.get("conditions"), ready)
-        counts = {"size": size, "allocated": allocated, "free": free}
+        # The CRD's integers are int64; an IPv6 /64 holds more than that.
+        counts = {
+            "size": min(size, INT64_MAX),
+            "allocated": allocated,
+            "free": min(free, INT64_MAX),
+        }
         if not changed and all(old.get(k) == v for k, v in counts.items()):
             return
         self.store.write_pool_status(obj, {**old, **counts, "conditions": conditions})

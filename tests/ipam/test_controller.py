@@ -83,6 +83,8 @@ def test_vm_gets_address_mac_condition_event_and_pool_counts(lab_api: LabApi, la
         assert net6["ip"].startswith("fd00:19::") and net6["prefix"] == 64
         assert net6["ip"] not in ("fd00:19::", "fd00:19::1")
 
+        v6 = wait_for("v6 pool status", lambda: lab.pool("v6").get("status"))
+        assert v6["size"] == 2**63 - 1, "an int64 holds at most this; a /64 has more"
         status = wait_for(
             "pool status",
             lambda: (s := lab.pool("default").get("status")) and s.get("allocated") == 1 and s,
