@@ -176,6 +176,8 @@ class Agent:
 
     def run(self) -> None:
         """Reconcile until :meth:`stop`. Raises :class:`Collision` if refused at start."""
+        if self.cfg.announce:
+            self.announcer.start()
         for resource, lister in (("nodes", self._list_nodes), ("virtualmachines", self._list_vms)):
             threading.Thread(
                 target=self._watch_loop,
