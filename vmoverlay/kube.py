@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -140,11 +141,14 @@ def load_client(kubeconfig: str | None = None, *, user_agent: str | None = None)
     configuration = k8s.Configuration()
     try:
         if path:
-            if not os.path.exists(path):
+            _check_kubeconfig_file(path)
+            try:
+                k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
                 raise KubeError(
-                    f"kubeconfig {path} does not exist: pass --kubeconfig or set KUBECONFIG"
-                )
-            k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
+                    f"kubeconfig {path} is not a usable kubeconfig ({type(exc).__name__}: {exc}); "
+                    "check its clusters, users and current-context"
+                ) from exc
         else:
             k8s_config.load_incluster_config(client_configuration=configuration)
     except k8s_config.ConfigException as exc:
@@ -157,6 +161,24 @@ def load_client(kubeconfig: str | None = None, *, user_agent: str | None = None)
     client = k8s.ApiClient(configuration)
     client.user_agent = user_agent or default_user_agent()
     return client
+
+
+def _check_kubeconfig_file(path: str) -> None:
+    """Refuse, with what to do, a kubeconfig path that is missing, unreadable or not YAML."""
+    hint = "pass --kubeconfig or set KUBECONFIG to a kubeconfig file"
+    if not os.path.exists(path):
+        raise KubeError(f"kubeconfig {path} does not exist: {hint}")
+    if os.path.isdir(path):
+        raise KubeError(f"kubeconfig {path} is a directory: {hint}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise KubeError(f"failed to read kubeconfig {path}: {exc.strerror}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise KubeError(f"kubeconfig {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("clusters"), list):
+        raise KubeError(f"kubeconfig {path} has no list of clusters: is it a kubeconfig? {hint}")
 
 
 def default_user_agent() -> str:

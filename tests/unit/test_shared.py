@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -125,3 +126,29 @@ def test_api_errors_are_translated(status: int, reason: str, kind: type) -> None
     assert type(err) is kind
     assert err.status == status
     assert "boom" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "is a directory"),
+        ("root:x:0:0:root:/root:/bin/bash\n", "no list of clusters"),
+        ("clusters: [\n", "not valid YAML"),
+        ("clusters: []\ncurrent-context: nowhere\n", "no Kubernetes configuration|not a usable"),
+    ],
+)
+def test_bad_kubeconfig_files_give_clear_errors(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "kc"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content)
+    with pytest.raises(kube.KubeError, match=message):
+        kube.load_client(str(path))
+
+
+def test_missing_kubeconfig_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(kube.KubeError, match="does not exist"):
+        kube.load_client(str(tmp_path / "nope"))
