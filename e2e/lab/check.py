@@ -9,6 +9,11 @@ its agent's probe results; the reports are merged into one cluster report
 (probe matrix + findings by node), printed as a table or ``--json`` (schema:
 :mod:`vxlan_manager.health.findings`).
 
+Probes are measured by the check itself, now, from every node's probe address
+(``--fresh``, the default here), so a fault injected a second ago shows at
+once; ``--no-fresh`` reads the agents' last rounds instead (each result shows
+its age; older than two probe periods is ``probe.stale``).
+
 The lab is found the way ``vmoverlay-lab status`` finds it (the cheat sheet
 ``vmoverlay-lab up`` stores); ``--run`` picks one when several run.
 
@@ -89,14 +94,22 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = health_cli.CheckArgumentParser(
         prog="vmoverlay-lab check",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_lab_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the JSON report")
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds per node check")
+    parser.add_argument(
+        "--timeout", type=health_cli.positive_seconds, default=20.0, help="seconds per node check"
+    )
+    parser.add_argument(
+        "--fresh",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure the probes now (default) or read the agents' last rounds (--no-fresh)",
+    )
     add_logging_args(parser)
     args = parser.parse_args(argv)
     setup_logging(level=args.log_level, fmt=args.log_format)
@@ -105,18 +118,23 @@ def main(argv: list[str]) -> int:
     except LabNotFound as exc:
         print(f"vmoverlay-lab check: {exc}", file=sys.stderr)
         return EXIT_CANNOT_CHECK
-    report = lab_report(lab, timeout=args.timeout)
+    report = lab_report(lab, timeout=args.timeout, fresh=args.fresh)
     print(json.dumps(report.to_dict(), indent=2) if args.json else render_table(report))
     return report.exit_code
 
 
-def lab_report(lab: LabInfo, *, timeout: float = 20.0) -> Report:
-    """Every node's check, run in its namespace at once, merged into one cluster report."""
+def lab_report(lab: LabInfo, *, timeout: float = 20.0, fresh: bool = True) -> Report:
+    """Every node's check, run in its namespace at once, merged into one cluster report.
+
+    ``fresh``: each node measures its probes now rather than reporting its agent's last round.
+    """
     report = Report(scope="cluster", nodes=sorted(lab.nodes))
     results: dict[str, Report | Finding] = {}
     threads = [
         threading.Thread(
-            target=lambda n=name, ns=ns: results.__setitem__(n, node_check(lab, n, ns)),
+            target=lambda n=name, ns=ns: results.__setitem__(
+                n, node_check(lab, n, ns, fresh=fresh)
+            ),
             name=f"check-{name}",
             daemon=True,
         )
@@ -128,7 +146,7 @@ def lab_report(lab: LabInfo, *, timeout: float = 20.0) -> Report:
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     for name in sorted(lab.nodes):
-        one = results.get(name) or _not_run(name, f"no answer within {timeout:.0f}s")
+        one = results.get(name) or _not_run(name, f"no answer within {timeout:g}s")
         if isinstance(one, Report):
             report.extend(one)
         else:
@@ -137,7 +155,7 @@ def lab_report(lab: LabInfo, *, timeout: float = 20.0) -> Report:
     return report
 
 
-def node_check(lab: LabInfo, node: str, ns: str) -> Report | Finding:
+def node_check(lab: LabInfo, node: str, ns: str, *, fresh: bool = True) -> Report | Finding:
     """``vxlan-manager check`` for ``node``, run in a thread inside its namespace.
 
     One process for all nodes (the Kubernetes client is imported once): each
@@ -145,7 +163,7 @@ def node_check(lab: LabInfo, node: str, ns: str) -> Report | Finding:
     over the lab underlay and its request to the agent's loopback endpoint all
     happen from that node, as ``vxlan-manager check`` on the node would.
     """
-    argv = ["--node", node, "--kubeconfig", lab.kubeconfig]
+    argv = ["--node", node, "--kubeconfig", lab.kubeconfig, "--fresh" if fresh else "--no-fresh"]
     try:
         return in_netns(ns, lambda: health_cli.node_report(health_cli.parse_args(argv)))
     except (health_cli.CheckError, KubeError, OSError, NetlinkError) as exc:

@@ -10,9 +10,16 @@
 
 Every change happens inside the lab node's own namespace. Each fault records
 what it needs to be undone in ``/run/vmoverlay/<run id>.faults.json``;
-``remove`` restores exactly that (the old MTU, the deleted entry, the device's
-VNI and FDB entries, SIGCONT). An agent's periodic resync may repair an FDB or
-VNI fault by itself; ``remove`` is then a no-op that still succeeds.
+``remove`` restores exactly that and nothing else (the old MTU, the entry that
+was deleted, the device's VNI and FDB entries, SIGCONT). A fault that would
+change nothing is refused, because its removal would then "restore" a state
+that was never there: an fdb fault toward the node itself or toward a peer
+that has no entry, an MTU or VNI equal to the current one. Arguments are
+checked before anything is touched (``--peer`` only for fdb, ``--mtu`` within
+the link's range, ``--vni`` within 24 bits), and netlink errors are reported as
+"failed to <verb> <object>: <cause>; <what to do>". An agent's periodic resync
+may repair an FDB or VNI fault by itself; ``remove`` is then a no-op that
+still succeeds.
 
 The nftables rules go through the ``nftables`` Python module (Debian
 python3-nftables), run in a thread that has entered the node's namespace.
@@ -42,6 +49,10 @@ from vxlan_manager.desired import ZERO_MAC, FdbEntry
 from vxlan_manager.netlink import NTF_SELF, NUD_STATIC, Kernel
 
 KINDS = ("drop-vxlan", "mtu", "fdb", "vni", "stop-agent")
+DEFAULT_FAULT_MTU = 1400
+ETH_MIN_MTU = 68  # the kernel's minimum for an Ethernet link (IPv4 needs 68 too)
+IPV6_MIN_MTU = 1280  # an IPv6 underlay needs at least this
+VNI_MAX = 2**24 - 1
 UNDERLAY_IF = "eth0"
 NFT_TABLE = "vmo_fault"
 log = get_logger("lab")
@@ -91,12 +102,64 @@ def _save(lab: LabInfo, faults: list[Fault]) -> None:
 # ---- inject / remove -----------------------------------------------------------------
 
 
+def check_arguments(
+    kind: str,
+    node: str,
+    *,
+    peer: str | None = None,
+    mtu: int | None = None,
+    vni: int | None = None,
+) -> None:
+    """Refuse option combinations that do not fit the fault kind (pure)."""
+    if kind not in KINDS:
+        raise FaultError(f"unknown fault {kind!r}: use one of {', '.join(KINDS)}")
+    if kind == "fdb":
+        if peer is None:
+            raise FaultError("the fdb fault needs --peer NODE (whose entry to delete)")
+        if peer == node:
+            raise FaultError(
+                f"--peer {peer} is the node itself: {node} has no FDB entry toward itself "
+                "to delete; name another node"
+            )
+    elif peer is not None:
+        raise FaultError(f"--peer is only for the fdb fault, not {kind}: drop it")
+    if mtu is not None and kind != "mtu":
+        raise FaultError(f"--mtu is only for the mtu fault, not {kind}: drop it")
+    if vni is not None and kind != "vni":
+        raise FaultError(f"--vni is only for the vni fault, not {kind}: drop it")
+
+
+def mtu_problem(mtu: int, *, current: int, low: int, high: int) -> str | None:
+    """Why ``mtu`` cannot be the fault's MTU on a link of ``current`` and range (pure)."""
+    if not low <= mtu <= high:
+        return f"--mtu {mtu} is outside the link's allowed range {low}..{high}"
+    if mtu == current:
+        return f"--mtu {mtu} is the link's MTU already: the fault would change nothing"
+    return None
+
+
+def vni_problem(vni: int, *, current: int) -> str | None:
+    """Why ``vni`` cannot be the fault's VNI on a device of VNI ``current`` (pure)."""
+    if not 0 <= vni <= VNI_MAX:
+        return f"--vni {vni} is outside the allowed range 0..{VNI_MAX} (24 bits)"
+    if vni == current:
+        return f"--vni {vni} is the device's VNI already: the fault would change nothing"
+    return None
+
+
 def inject(
-    lab: LabInfo, kind: str, node: str, *, peer: str | None = None, value: int | None = None
+    lab: LabInfo,
+    kind: str,
+    node: str,
+    *,
+    peer: str | None = None,
+    mtu: int | None = None,
+    vni: int | None = None,
 ) -> Fault:
-    """Apply one fault and record how to undo it."""
+    """Apply one fault and record how to undo it (exactly what it changed)."""
+    check_arguments(kind, node, peer=peer, mtu=mtu, vni=vni)
     ns = _node_ns(lab, node)
-    fault = Fault(kind, node, peer if kind == "fdb" else None)
+    fault = Fault(kind, node, peer)
     if any(f.key == fault.key for f in active(lab)):
         raise FaultError(f"{fault} is already injected: remove it first")
     if kind == "drop-vxlan":
@@ -104,18 +167,32 @@ def inject(
         _nft(ns, _drop_rules(port))
         fault.undo = {"port": port}
     elif kind == "mtu":
-        fault.undo = {"mtu": _link_mtu(ns, UNDERLAY_IF)}
-        _set_mtu(ns, UNDERLAY_IF, value or 1400)
+        want = DEFAULT_FAULT_MTU if mtu is None else mtu
+        current, low, high = _link_mtu_range(ns, UNDERLAY_IF, _device(ns).local)
+        problem = mtu_problem(want, current=current, low=low, high=high)
+        if problem:
+            raise FaultError(f"{problem} ({UNDERLAY_IF} on {node}): choose {low}..{high}")
+        fault.undo = {"mtu": current}
+        _set_mtu(ns, UNDERLAY_IF, want)
     elif kind == "fdb":
-        if peer is None:
-            raise FaultError("the fdb fault needs --peer NODE (whose entry to delete)")
+        assert peer is not None  # check_arguments
         vtep = _device(_node_ns(lab, peer)).local
-        _fdb(ns, "del", vtep)
-        fault.undo = {"vtep": vtep}
+        entry = FdbEntry(ZERO_MAC, vtep)
+        if entry not in _fdb_entries(ns):
+            raise FaultError(
+                f"{node} has no all-zero FDB entry toward {peer} ({vtep}) to delete: "
+                f"the fault would change nothing; see `vxlan-manager check` on {node}"
+            )
+        _fdb(ns, "del", entry)
+        fault.undo = {"mac": entry.mac, "vtep": entry.dst}
     elif kind == "vni":
         spec = _device(ns)
+        want = spec.vni + 1 if vni is None else vni
+        problem = vni_problem(want, current=spec.vni)
+        if problem:
+            raise FaultError(f"{problem} ({DEFAULT_DEVICE} on {node}): choose another")
         fault.undo = {"vni": spec.vni}
-        _recreate_device(ns, value or spec.vni + 1)
+        _recreate_device(ns, want)
     elif kind == "stop-agent":
         pids = agent_pids(ns)
         if not pids:
@@ -123,8 +200,6 @@ def inject(
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         fault.undo = {"pids": pids}
-    else:
-        raise FaultError(f"unknown fault {kind!r}: use one of {', '.join(KINDS)}")
     _save(lab, [*active(lab), fault])
     log.info("fault injected", fault=str(fault), **fault.undo)
     return fault
@@ -142,7 +217,10 @@ def remove(lab: LabInfo, kind: str, node: str, *, peer: str | None = None) -> Fa
     elif kind == "mtu":
         _set_mtu(ns, UNDERLAY_IF, int(fault.undo["mtu"]))
     elif kind == "fdb":
-        _fdb(ns, "append", str(fault.undo["vtep"]))
+        # Only the entry this fault deleted (recorded at inject), never anything else.
+        mac, vtep = fault.undo.get("mac", ZERO_MAC), fault.undo.get("vtep")
+        if vtep:
+            _fdb(ns, "append", FdbEntry(str(mac), str(vtep)))
     elif kind == "vni":
         if _device(ns).vni != int(fault.undo["vni"]):
             _recreate_device(ns, int(fault.undo["vni"]))
@@ -190,10 +268,13 @@ def _nft(ns: str, commands: list[str]) -> None:
         import nftables  # type: ignore[import-untyped]
 
         nft = nftables.Nftables()
-        for command in commands:
-            rc, _out, err = nft.cmd(command)
-            if rc != 0:
-                raise FaultError(f"failed to run nft `{command}` in {ns}: {err.strip()}")
+        # One transaction: all of the rules or none (no half-made table left unrecorded).
+        rc, _out, err = nft.cmd("\n".join(commands))
+        if rc != 0:
+            raise FaultError(
+                f"failed to apply nftables rules in {ns}: {err.strip()}; "
+                f"`nft list table inet {NFT_TABLE}` there shows what is in place"
+            )
 
     in_netns(ns, apply)
 
@@ -206,33 +287,69 @@ def _device(ns: str) -> Any:
     return link.vxlan
 
 
-def _link_mtu(ns: str, ifname: str) -> int:
+def netlink_failure(verb: str, what: str, exc: NetlinkError, todo: str) -> FaultError:
+    """A netlink error as "failed to <verb> <object>: <cause>; <what to do>"."""
+    cause = os.strerror(exc.code) if exc.code else str(exc)
+    return FaultError(f"failed to {verb} {what}: {cause} (errno {exc.code}); {todo}")
+
+
+def _ifindex(ipr: IPRoute, ns: str, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise FaultError(
+            f"no link {ifname} in {ns}: is the lab fully up? see `vmoverlay-lab status`"
+        )
+    return int(found[0])
+
+
+def _link_mtu_range(ns: str, ifname: str, vtep: str) -> tuple[int, int, int]:
+    """(MTU, lowest, highest) for ``ifname``: the kernel's limits for the link and the VTEP's
+    address family (68 for IPv4, 1280 for IPv6)."""
     with IPRoute(netns=ns) as ipr:
-        return int(ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0].get_attr("IFLA_MTU"))
+        link = ipr.get_links(_ifindex(ipr, ns, ifname))[0]
+    family_min = IPV6_MIN_MTU if ":" in vtep else ETH_MIN_MTU
+    low = max(int(link.get_attr("IFLA_MIN_MTU") or 0), family_min)
+    high = int(link.get_attr("IFLA_MAX_MTU") or 65535) or 65535
+    return int(link.get_attr("IFLA_MTU")), low, high
 
 
 def _set_mtu(ns: str, ifname: str, mtu: int) -> None:
     with IPRoute(netns=ns) as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], mtu=mtu)
+        try:
+            ipr.link("set", index=_ifindex(ipr, ns, ifname), mtu=mtu)
+        except NetlinkError as exc:
+            raise netlink_failure(
+                "set", f"the MTU of {ifname} in {ns} to {mtu}", exc, "check the link's MTU range"
+            ) from exc
 
 
-def _fdb(ns: str, command: str, vtep: str) -> None:
+def _fdb_entries(ns: str) -> set[FdbEntry]:
     with IPRoute(netns=ns) as ipr:
-        index = ipr.link_lookup(ifname=DEFAULT_DEVICE)[0]
+        return Kernel(ipr).fdb_entries(_ifindex(ipr, ns, DEFAULT_DEVICE))
+
+
+def _fdb(ns: str, command: str, entry: FdbEntry) -> None:
+    with IPRoute(netns=ns) as ipr:
+        index = _ifindex(ipr, ns, DEFAULT_DEVICE)
         try:
             ipr.neigh(
                 command,
                 family=socket.AF_BRIDGE,
                 ifindex=index,
-                lladdr=ZERO_MAC,
-                dst=vtep,
+                lladdr=entry.mac,
+                dst=entry.dst,
                 state=NUD_STATIC,
                 flags=NTF_SELF,
             )
         except NetlinkError as exc:
             if (command == "del" and exc.code == errno.ENOENT) or exc.code == errno.EEXIST:
                 return
-            raise FaultError(f"failed to {command} FDB entry toward {vtep} in {ns}: {exc}") from exc
+            raise netlink_failure(
+                command,
+                f"FDB entry {entry.mac} toward {entry.dst} in {ns}",
+                exc,
+                f"`bridge fdb show dev {DEFAULT_DEVICE}` in {ns}; the agent's resync restores it",
+            ) from exc
 
 
 def _recreate_device(ns: str, vni: int) -> None:
@@ -244,30 +361,39 @@ def _recreate_device(ns: str, vni: int) -> None:
             raise FaultError(f"no VXLAN device {DEFAULT_DEVICE} in {ns}")
         spec = old.vxlan
         entries: set[FdbEntry] = kernel.fdb_entries(old.index)
-        ipr.link("del", index=old.index)
-        ipr.link(
-            "add",
-            ifname=DEFAULT_DEVICE,
-            kind="vxlan",
-            vxlan_id=vni,
-            vxlan_port=spec.port,
-            vxlan_local=spec.local,
-            vxlan_learning=spec.learning,
-            mtu=spec.mtu,
-        )
-        index = ipr.link_lookup(ifname=DEFAULT_DEVICE)[0]
-        master = ipr.link_lookup(ifname=spec.master or DEFAULT_BRIDGE)
-        ipr.link("set", index=index, master=master[0] if master else 0, state="up")
-        for entry in entries:
-            ipr.neigh(
-                "append",
-                family=socket.AF_BRIDGE,
-                ifindex=index,
-                lladdr=entry.mac,
-                dst=entry.dst,
-                state=NUD_STATIC,
-                flags=NTF_SELF,
+        local = "vxlan_local6" if ":" in spec.local else "vxlan_local"
+        try:
+            ipr.link("del", index=old.index)
+            ipr.link(
+                "add",
+                ifname=DEFAULT_DEVICE,
+                kind="vxlan",
+                vxlan_id=vni,
+                vxlan_port=spec.port,
+                vxlan_learning=spec.learning,
+                mtu=spec.mtu,
+                **{local: spec.local},
             )
+            index = _ifindex(ipr, ns, DEFAULT_DEVICE)
+            master = ipr.link_lookup(ifname=spec.master or DEFAULT_BRIDGE)
+            ipr.link("set", index=index, master=master[0] if master else 0, state="up")
+            for entry in entries:
+                ipr.neigh(
+                    "append",
+                    family=socket.AF_BRIDGE,
+                    ifindex=index,
+                    lladdr=entry.mac,
+                    dst=entry.dst,
+                    state=NUD_STATIC,
+                    flags=NTF_SELF,
+                )
+        except NetlinkError as exc:
+            raise netlink_failure(
+                "recreate",
+                f"{DEFAULT_DEVICE} with VNI {vni} in {ns}",
+                exc,
+                "restart the node's agent (it recreates the device at start)",
+            ) from exc
 
 
 def agent_pids(ns: str) -> list[int]:
@@ -320,7 +446,7 @@ def main(argv: list[str]) -> int:
     try:
         lab = find_lab(args.run)
         if args.action == "add":
-            fault = inject(lab, args.kind, args.node, peer=args.peer, value=args.mtu or args.vni)
+            fault = inject(lab, args.kind, args.node, peer=args.peer, mtu=args.mtu, vni=args.vni)
             print(f"injected: {fault}")
         elif args.action == "remove":
             print(f"removed: {remove(lab, args.kind, args.node, peer=args.peer)}")
@@ -330,7 +456,20 @@ def main(argv: list[str]) -> int:
         else:
             for fault in active(lab):
                 print(fault)
-    except (LabNotFound, FaultError, OSError, NetlinkError) as exc:
+    except (LabNotFound, FaultError) as exc:
         print(f"vmoverlay-lab fault: {exc}", file=sys.stderr)
+        return 2
+    except NetlinkError as exc:
+        failure = netlink_failure(
+            args.action, "the fault", exc, "see `vmoverlay-lab status` and the agent's logs"
+        )
+        print(f"vmoverlay-lab fault: {failure}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"vmoverlay-lab fault: failed to {args.action} the fault: {exc}; are you root, "
+            "and is the lab still up (`vmoverlay-lab status`)?",
+            file=sys.stderr,
+        )
         return 2
     return 0

@@ -14,7 +14,8 @@ Scenarios:
 - VM entries: missing (degraded), pointing at the wrong node (broken; degraded mid-migration),
   present for a VM running here (broken), a stopped VM ignored, a VM on an unknown node
   reported (degraded); a wrong neighbour MAC: broken;
-- probes: unreachable (broken), full-size lost (broken), missing or stale (degraded);
+- probes: unreachable (broken), full-size lost (broken), missing or stale (degraded); a
+  result older than two probe periods plus the timeout (21 s by default) is stale;
 - the exit code is the worst severity.
 """
 
@@ -28,6 +29,7 @@ from vxlan_manager.desired import ZERO_MAC, FdbEntry, NeighEntry, VxlanSpec
 from vxlan_manager.health import checks
 from vxlan_manager.health.findings import Finding, ProbeResult, Severity, exit_code
 from vxlan_manager.health.observed import ObservedNode
+from vxlan_manager.health.probe import stale_after
 from vxlan_manager.netlink import Link
 
 A, B, C = "198.18.0.1", "198.18.0.2", "198.18.0.3"
@@ -288,6 +290,16 @@ def test_probe_findings() -> None:
 
     f = only(run(healthy(), vms=[], probes=[probe("b"), probe("c", age_seconds=300.0)]))
     assert (f.severity, f.property) == (Severity.DEGRADED, "probe.stale")
+
+
+def test_probe_older_than_two_periods_is_stale() -> None:
+    # Default period 10 s, timeout 1 s: stale after 21 s (it used to take 30 s).
+    assert stale_after() == 21.0 and stale_after(2.0, 1.0) == 5.0
+    assert run(healthy(), vms=[], probes=[probe("b", age_seconds=20.0), probe("c")]) == []
+    f = only(run(healthy(), vms=[], probes=[probe("b", age_seconds=25.0), probe("c")]))
+    assert (f.severity, f.property, f.peer) == (Severity.DEGRADED, "probe.stale", "b")
+    assert (f.expected, f.observed) == ("<= 21s", "25s")
+    assert "two probe periods" in f.message and "--fresh" in f.action
 
 
 def test_exit_code_is_worst_severity() -> None:

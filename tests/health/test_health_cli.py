@@ -6,7 +6,12 @@ Scenarios:
   node a / property vxlan.vni and exits 2; with a stale entry it exits 1;
 - the local agent's probe results are read from its /health endpoint; an agent that does not
   answer is a degraded finding (agent.health), not a crash;
-- an unreachable API: exit 3 with the reason on stderr;
+- the agent's results are older than its two probe periods: probe.stale, with the age in
+  the JSON (``age_seconds``, ``stale``) and the table;
+- ``--fresh`` measures the peers now from the node's probe address: the agent's last round
+  said "reachable" but the peers are gone, so the check says probe.reachable (broken),
+  ``probes_on_demand`` true, ages 0;
+- an unreachable API: exit 3 with the reason on stderr; bad flags (--timeout 0) exit 3 too;
 - cluster check: agents' /health reports (served by HealthServer on loopback addresses) are
   merged; the matrix shows reachable, MTU-lost and down pairs; a node whose agent does not
   answer is named; the exit code is the worst of all.
@@ -24,6 +29,7 @@ from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 from pyroute2 import IPRoute
 
+from e2e.lab.check import in_netns
 from e2e.netns import RunNamespaces
 from tests.fixtures.apiserver import LabApi
 from tests.health.handbuilt import MAC_X, HandBuiltNode
@@ -137,6 +143,71 @@ def test_node_check_reads_probes_from_the_agent(
     assert [f["property"] for f in doc["findings"]] == ["agent.health"]
 
 
+def test_stale_agent_results_and_fresh_probes(
+    netns: RunNamespaces,
+    cluster_api: LabApi,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node = HandBuiltNode(netns)
+    node.build()
+    node.ip("addr", "add", "198.18.255.1/24", "dev", "vmo-br0")  # the agent's probe address
+    agent_report = Report(
+        scope="node",
+        nodes=["a"],
+        probes=[
+            ProbeResult("a", "b", "198.18.255.2", True, 0.0003, True, 1450, 25.0),
+            ProbeResult("a", "c", "198.18.255.3", True, 0.0003, True, 1450, 3.0),
+        ],
+        probe_max_age=21.0,
+    )
+    server = serve_reports({"127.0.0.1": agent_report})[0]
+    try:
+        host, port = server.address
+        base = ["--node", "a", "--kubeconfig", str(cluster_api.kubeconfig)]
+        base += ["--agent-url", f"http://{host}:{port}/health"]
+        code, out, _ = check(capsys, node.ns, *base, "--json")
+        doc = json.loads(out)
+        assert code == 1
+        assert [(f["peer"], f["property"]) for f in doc["findings"]] == [("b", "probe.stale")]
+        assert (doc["probe_max_age_seconds"], doc["probes_on_demand"]) == (21.0, False)
+        assert [(p["age_seconds"], p["stale"]) for p in doc["probes"]] == [
+            (25.0, True),
+            (3.0, False),
+        ]
+        code, out, _ = check(capsys, node.ns, *base)
+        assert "0.3ms 25s STALE" in out and "0.3ms 3s" in out
+
+        # Measured now: neither peer exists, whatever the agent's last round said. The
+        # probes leave from the calling thread's namespace (the lab API and the agent stand-in
+        # listen on this one's loopback), so only the measurement runs inside node a.
+        real = cli.measure_now
+        monkeypatch.setattr(
+            cli, "measure_now", lambda *a, **kw: in_netns(node.ns, lambda: real(*a, **kw))
+        )
+        code, out, _ = check(capsys, node.ns, *base, "--json", "--fresh")
+        doc = json.loads(out)
+        assert code == 2
+        assert sorted((f["peer"], f["property"]) for f in doc["findings"]) == [
+            ("b", "probe.reachable"),
+            ("c", "probe.reachable"),
+        ]
+        assert doc["probes_on_demand"] is True
+        assert [(p["reachable"], p["age_seconds"]) for p in doc["probes"]] == [
+            (False, 0.0),
+            (False, 0.0),
+        ]
+    finally:
+        server.stop()
+
+
+def test_bad_flags_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--timeout", "0"])
+    assert exited.value.code == 3
+    assert "--timeout: 0 must be a number of seconds above 0" in capsys.readouterr().err
+
+
 def test_unreachable_api_exits_3(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["--node", "a", "--kubeconfig", str(tmp_path / "missing")])
     err = capsys.readouterr().err
@@ -208,6 +279,6 @@ def test_cluster_check_merges_agent_reports(
         for line in table.splitlines()
         if line[:2] in ("a ", "b ", "c ")
     }
-    assert rows["a"] == [".", "0.4ms", "DOWN"]
-    assert rows["b"] == ["0.5ms", "MTU!", ".", "?"]
+    assert rows["a"] == [".", "0.4ms", "1s", "DOWN", "1s"]
+    assert rows["b"] == ["0.5ms", "MTU!", "1s", ".", "?"]
     assert rows["c"] == ["?", "?", "."]

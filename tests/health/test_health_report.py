@@ -7,7 +7,10 @@ Scenarios:
 - a report of another kind or schema version is refused with a clear error;
 - merging node reports into a cluster report keeps every node, finding and probe;
 - the table shows the verdict, each finding's node / peer / property, and the probe
-  matrix with RTT, MTU trouble and unreachable peers.
+  matrix with RTT, MTU trouble and unreachable peers, and each result's age; results
+  older than the report's probe_max_age are marked STALE (table) / "stale" (JSON);
+- a version-1 document from before probe_max_age_seconds / probes_on_demand / stale were
+  added still parses (the added fields are optional).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ TOP_LEVEL = {
     "exit_code",
     "nodes",
     "checks",
+    "probe_max_age_seconds",
+    "probes_on_demand",
     "findings",
     "probes",
 }
@@ -57,6 +62,7 @@ PROBE_FIELDS = {
     "probe_size",
     "age_seconds",
     "error",
+    "stale",
 }
 
 
@@ -74,6 +80,7 @@ def sample() -> Report:
             ProbeResult("a", "c", "198.18.255.3", False, None, None, 1450, 1.5, "timeout"),
         ],
         generated_at="2026-12-04T16:00:00Z",
+        probe_max_age=21.0,
     )
 
 
@@ -101,7 +108,9 @@ def test_json_schema_is_pinned() -> None:
         "probe_size": 1450,
         "age_seconds": 1.5,
         "error": "timeout",
+        "stale": False,
     }
+    assert (doc["probe_max_age_seconds"], doc["probes_on_demand"]) == (21.0, False)
 
 
 def test_empty_report_is_ok_with_exit_zero() -> None:
@@ -143,7 +152,8 @@ def test_table_names_findings_and_matrix() -> None:
     assert text.splitlines()[0].endswith("BROKEN (exit 2)")
     assert "probe.reachable" in text and "vxlan.mtu" in text
     matrix = [line for line in text.splitlines() if line.startswith(("a ", "b ", "c "))]
-    assert matrix[0].split() == ["a", ".", "0.5ms", "DOWN"]
+    assert matrix[0].split() == ["a", ".", "0.5ms", "2s", "DOWN", "2s"]
+    assert "agents' last rounds (2s old)" in text
     mtu_bad = Report(
         scope="cluster",
         nodes=["a", "b"],
@@ -151,3 +161,33 @@ def test_table_names_findings_and_matrix() -> None:
     )
     assert "1.0ms MTU!" in render_table(mtu_bad)
     assert "no findings" in render_table(Report(scope="node", nodes=["a"], checks=["bridge"]))
+
+
+def test_stale_results_are_marked() -> None:
+    old = Report(
+        scope="node",
+        nodes=["a"],
+        probes=[
+            ProbeResult("a", "b", "x", True, 0.001, True, 1450, 30.0),
+            ProbeResult("a", "c", "y", False, None, None, 1450, 5.0),
+        ],
+        probe_max_age=21.0,
+    )
+    doc = old.to_dict()
+    assert [p["stale"] for p in doc["probes"]] == [True, False]
+    text = render_table(old)
+    assert "1.0ms 30s STALE" in text and "DOWN 5s" in text and "older than 21s" in text
+    unknown = Report(scope="node", nodes=["a"], probes=old.probes)
+    assert [p["stale"] for p in unknown.to_dict()["probes"]] == [None, None]
+    assert "STALE" not in render_table(unknown)
+
+
+def test_older_version_1_document_still_parses() -> None:
+    doc = sample().to_dict()
+    for key in ("probe_max_age_seconds", "probes_on_demand"):
+        del doc[key]
+    for p in doc["probes"]:
+        del p["stale"]
+    parsed = Report.from_dict(doc)
+    assert (parsed.probe_max_age, parsed.probes_on_demand) == (None, False)
+    assert len(parsed.probes) == 2

@@ -37,6 +37,7 @@ from vxlan_manager.desired import (
 )
 from vxlan_manager.health.findings import Finding, ProbeResult, Report, Severity
 from vxlan_manager.health.observed import ObservedNode, encap_overhead
+from vxlan_manager.health.probe import stale_after
 from vxlan_manager.netlink import Link
 
 BROKEN, DEGRADED = Severity.BROKEN, Severity.DEGRADED
@@ -62,7 +63,7 @@ def check_node(
     vms: Sequence[api.VirtualMachine],
     probes: Sequence[ProbeResult] | None = None,
     *,
-    probe_max_age: float = 30.0,
+    probe_max_age: float = stale_after(),
 ) -> Report:
     """Every check for node ``cfg.node``; ``probes=None``: probe results unavailable.
 
@@ -102,6 +103,7 @@ def check_node(
         peers = [p.node for p in desired.peers]
         steps.append((CHECK_PROBES, check_probes(node, peers, probes, probe_max_age)))
         report.probes.extend(probes)
+        report.probe_max_age = probe_max_age
     return _finish(report, steps)
 
 
@@ -505,9 +507,13 @@ def _probe_findings(node: str, p: ProbeResult, max_age: float) -> list[Finding]:
                 DEGRADED,
                 node,
                 "probe.stale",
-                f"last probe toward {p.peer} is {p.age_seconds:.0f}s old",
-                "the prober has stalled: check the agent's logs on " + node,
+                f"last probe toward {p.peer} is {p.age_seconds:.0f}s old (stale after "
+                f"{max_age:.0f}s, two probe periods): its result says nothing about now",
+                "the prober has stalled: check the agent's logs on "
+                + node
+                + "; `check --fresh` measures the peers now",
                 peer=p.peer,
+                expected=f"<= {max_age:.0f}s",
                 observed=f"{p.age_seconds:.0f}s",
             )
         ]

@@ -11,6 +11,13 @@ for its own report at ``http://<node address>:<agent port>/health`` and merges
 them: the node-by-node probe matrix (RTT and MTU status) and every finding by
 node. A node whose agent does not answer is itself a finding.
 
+Probe results: by default the node check reads the agent's last probe round
+(up to one probe period old; every result shows its age, and one older than
+two periods is reported as ``probe.stale``). ``--fresh`` measures a round now
+from this node's probe address (needs CAP_NET_RAW, as root on the node or in
+the agent pod), so the answer is current; the agent's report is still read
+for ``agent.health``. ``vmoverlay-lab check`` uses ``--fresh`` by default.
+
 Output: a table for people, ``--json`` for tools (schema in :mod:`.findings`).
 Exit codes: 0 healthy, 1 degraded, 2 broken, 3 the check itself could not run
 (API unreachable, bad flags); the reason is printed on stderr.
@@ -24,7 +31,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from kubernetes import client as k8s
 from pyroute2 import IPRoute
@@ -36,6 +43,8 @@ from vxlan_manager.config import AgentConfig, ConfigError, load_config
 from vxlan_manager.health.checks import check_duplicate_vteps, check_node, diagnose_cluster
 from vxlan_manager.health.findings import Finding, Report, Severity, render_table
 from vxlan_manager.health.observe import observe_node
+from vxlan_manager.health.probe import ProbeError, measure_now, stale_after
+from vxlan_manager.health.service import ProbeSettings
 
 EXIT_CANNOT_CHECK = 3
 DEFAULT_AGENT_PORT = 9464
@@ -45,6 +54,25 @@ log = get_logger("vxlan-manager")
 
 class CheckError(RuntimeError):
     """The check could not run; the message says why and what to do."""
+
+
+class CheckArgumentParser(argparse.ArgumentParser):
+    """Bad flags exit with 3 ("the check could not run"), not argparse's 2 (= broken)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_CANNOT_CHECK, f"{self.prog}: error: {message}\n")
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds above 0")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +93,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_AGENT_PORT,
         help="port of every agent's metrics/health server, for --cluster",
     )
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds per agent request")
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=3.0, help="seconds per agent request"
+    )
+    parser.add_argument(
+        "--fresh",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="measure the probes now from this node (needs CAP_NET_RAW) instead of "
+        "reading the agent's last round (default: --no-fresh)",
+    )
     intent = parser.add_argument_group(
         "intent: the agent's own configuration sources (flags > environment > --config file)"
     )
@@ -89,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CheckArgumentParser(
         prog="vxlan-manager check",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -121,16 +158,46 @@ def node_report(args: argparse.Namespace, ipr: IPRoute | None = None) -> Report:
     observed = observe_node(cfg, ipr)
 
     url = args.agent_url or agent_url(cfg.metrics_addr)
+    settings = probe_settings()
+    max_age = stale_after(settings.period, settings.timeout)
     probes, agent_problem = None, None
     if url != "none":
         try:
-            probes = fetch_report(url, args.timeout).probes
+            agent = fetch_report(url, args.timeout)
         except CheckError as exc:
             agent_problem = agent_unreachable(cfg.node, str(exc))
-    report = check_node(cfg, observed, nodes, vms, probes)
+        else:
+            probes = agent.probes
+            max_age = agent.probe_max_age or max_age  # the agent knows its own period
+    on_demand = False
+    if getattr(args, "fresh", False):
+        if observed.bridge is None:
+            log.warning("no fresh probes: the bridge is missing", bridge=cfg.bridge)
+        else:
+            try:
+                probes = measure_now(
+                    cfg.node,
+                    nodes,
+                    mtu=observed.bridge.mtu,
+                    pool=settings.pool,
+                    timeout=settings.timeout,
+                )
+                on_demand = True
+            except ProbeError as exc:
+                log.warning("no fresh probes, using the agent's last round", error=str(exc))
+    report = check_node(cfg, observed, nodes, vms, probes, probe_max_age=max_age)
+    report.probes_on_demand = on_demand
     if agent_problem is not None:
         report.findings.append(agent_problem)
     return report
+
+
+def probe_settings() -> ProbeSettings:
+    """The agents' probe settings (the same ``VMOVERLAY_PROBE_*`` environment)."""
+    try:
+        return ProbeSettings.from_env()
+    except ConfigError as exc:
+        raise CheckError(str(exc)) from exc
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:

@@ -19,7 +19,9 @@ Severities, in order, and the exit code each maps to (the worst finding wins):
   probes, or full-size probes to it are lost.
 
 JSON schema (``schema_version`` 1; fields are only ever added, never renamed or
-removed, without bumping the version)::
+removed, without bumping the version; readers ignore fields they do not know, and
+treat a missing added field as null). Added in 1 (vmoverlay 0.2):
+``probe_max_age_seconds``, ``probes_on_demand`` and each probe's ``stale``::
 
     {
       "kind": "FabricHealth",
@@ -30,6 +32,8 @@ removed, without bumping the version)::
       "exit_code": 0 | 1 | 2,
       "nodes": ["node-a", ...],            # nodes the report covers
       "checks": ["vxlan.device", ...],      # checks that ran
+      "probe_max_age_seconds": 21.0 | null, # older probe results are stale (probe.stale)
+      "probes_on_demand": true | false,     # probes were measured by this check, now
       "findings": [{
         "severity": "degraded" | "broken" | "ok",
         "node": "node-a",                   # where the problem is seen
@@ -43,7 +47,8 @@ removed, without bumping the version)::
       "probes": [{                          # one per (node, peer) measured
         "node": "node-a", "peer": "node-b", "peer_ip": "198.18.255.3",
         "reachable": true, "rtt_seconds": 0.0004, "mtu_ok": true,
-        "probe_size": 1450, "age_seconds": 2.1, "error": null
+        "probe_size": 1450, "age_seconds": 2.1, "error": null,
+        "stale": false | true | null        # age_seconds > probe_max_age_seconds
       }, ...]
     }
 """
@@ -159,6 +164,14 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     probes: list[ProbeResult] = field(default_factory=list)
     generated_at: str = ""
+    probe_max_age: float | None = None  # seconds after which a probe result is stale
+    probes_on_demand: bool = False  # the probes were measured by the check itself
+
+    def is_stale(self, probe: ProbeResult) -> bool | None:
+        """Whether ``probe`` is older than :attr:`probe_max_age` (None: unknown)."""
+        if self.probe_max_age is None or probe.age_seconds is None:
+            return None
+        return probe.age_seconds > self.probe_max_age
 
     @property
     def severity(self) -> Severity:
@@ -176,6 +189,9 @@ class Report:
         self.checks.extend(c for c in other.checks if c not in self.checks)
         self.findings.extend(other.findings)
         self.probes.extend(other.probes)
+        if other.probe_max_age is not None:
+            self.probe_max_age = max(self.probe_max_age or 0.0, other.probe_max_age)
+        self.probes_on_demand = self.probes_on_demand or other.probes_on_demand
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -187,8 +203,13 @@ class Report:
             "exit_code": self.exit_code,
             "nodes": list(self.nodes),
             "checks": list(self.checks),
+            "probe_max_age_seconds": self.probe_max_age,
+            "probes_on_demand": self.probes_on_demand,
             "findings": [f.to_dict() for f in sort_findings(self.findings)],
-            "probes": [p.to_dict() for p in sorted(self.probes, key=lambda p: (p.node, p.peer))],
+            "probes": [
+                {**p.to_dict(), "stale": self.is_stale(p)}
+                for p in sorted(self.probes, key=lambda p: (p.node, p.peer))
+            ],
         }
 
     @classmethod
@@ -207,6 +228,8 @@ class Report:
             findings=[Finding.from_dict(f) for f in data.get("findings") or []],
             probes=[ProbeResult.from_dict(p) for p in data.get("probes") or []],
             generated_at=str(data.get("generated_at") or ""),
+            probe_max_age=_opt_float(data.get("probe_max_age_seconds")),
+            probes_on_demand=bool(data.get("probes_on_demand")),
         )
 
 
@@ -232,6 +255,10 @@ def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
+def _opt_float(value: object) -> float | None:
+    return None if value is None else float(str(value))
+
+
 # ---- the table for people ------------------------------------------------------------
 
 
@@ -242,7 +269,8 @@ def render_table(report: Report) -> str:
         f"{report.severity.label.upper()} (exit {report.exit_code})"
     ]
     if report.probes:
-        lines += ["", *render_matrix(report.probes, report.nodes)]
+        lines += ["", *render_matrix(report.probes, report.nodes, max_age=report.probe_max_age)]
+        lines.append(_probe_source(report))
     lines.append("")
     if not report.findings:
         lines.append(f"no findings; checks run: {', '.join(report.checks) or 'none'}")
@@ -255,11 +283,14 @@ def render_table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def render_matrix(probes: Sequence[ProbeResult], nodes: Sequence[str]) -> list[str]:
+def render_matrix(
+    probes: Sequence[ProbeResult], nodes: Sequence[str], *, max_age: float | None = None
+) -> list[str]:
     """Node-by-node matrix: a row per node of the report (the prober), a column per node.
 
-    ``0.4ms`` reachable with full-size frames; ``0.4ms MTU!`` reachable but
-    full-size probes lost; ``DOWN`` unreachable; ``?`` not measured; ``.`` self.
+    ``0.4ms 3s`` reachable with full-size frames, measured 3 s ago; ``MTU!``
+    reachable but full-size probes lost; ``DOWN`` unreachable; ``STALE`` the
+    result is older than ``max_age``; ``?`` not measured; ``.`` self.
     """
     names = sorted({*nodes, *(p.node for p in probes), *(p.peer for p in probes)})
     by_pair = {(p.node, p.peer): p for p in probes}
@@ -268,18 +299,36 @@ def render_matrix(probes: Sequence[ProbeResult], nodes: Sequence[str]) -> list[s
     for src in sorted(nodes) or sorted({p.node for p in probes}):
         cells = [src]
         for dst in names:
-            cells.append("." if src == dst else _cell(by_pair.get((src, dst))))
+            cells.append("." if src == dst else _cell(by_pair.get((src, dst)), max_age))
         rows.append(tuple(cells))
-    return ["reachability matrix (RTT; MTU! = full-size probe lost):", *_columns(header, rows)]
+    legend = "RTT and age of the result; MTU! = full-size probe lost"
+    if max_age is not None:
+        legend += f"; STALE = older than {max_age:.0f}s"
+    return [f"reachability matrix ({legend}):", *_columns(header, rows)]
 
 
-def _cell(probe: ProbeResult | None) -> str:
+def _cell(probe: ProbeResult | None, max_age: float | None = None) -> str:
     if probe is None:
         return "?"
     if not probe.reachable:
-        return "DOWN"
-    rtt = f"{probe.rtt_seconds * 1000:.1f}ms" if probe.rtt_seconds is not None else "up"
-    return rtt if probe.mtu_ok is not False else f"{rtt} MTU!"
+        state = "DOWN"
+    else:
+        rtt = f"{probe.rtt_seconds * 1000:.1f}ms" if probe.rtt_seconds is not None else "up"
+        state = rtt if probe.mtu_ok is not False else f"{rtt} MTU!"
+    if probe.age_seconds is None:
+        return state
+    age = f"{probe.age_seconds:.0f}s"
+    stale = max_age is not None and probe.age_seconds > max_age
+    return f"{state} {age} STALE" if stale else f"{state} {age}"
+
+
+def _probe_source(report: Report) -> str:
+    ages = [p.age_seconds for p in report.probes if p.age_seconds is not None]
+    low, high = (f"{min(ages):.0f}", f"{max(ages):.0f}") if ages else ("", "")
+    span = "of unknown age" if not ages else f"{low}s old" if low == high else f"{low}-{high}s old"
+    if report.probes_on_demand:
+        return f"probes measured by this check, now ({span})"
+    return f"probes are the agents' last rounds ({span}); --fresh measures them now"
 
 
 def _columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -29,6 +29,14 @@ Probing
     - reachable: either probe answered; RTT from the small one (else the full one);
     - mtu_ok: the full-size probe answered (None when the peer is unreachable).
 
+Age
+    Every result carries its age; one older than two periods plus the timeout
+    (:func:`stale_after`, 21 s by default) means the prober stalled and is
+    reported as ``probe.stale``. A result up to a period old can still say
+    "reachable" for a peer that is not any more, so ``check --fresh`` (the
+    default of ``vmoverlay-lab check``) measures a round itself, now
+    (:func:`measure_now`), from the node's probe address.
+
 # Limitation: probes are IPv4 only (ICMP over an IPv4 probe pool); an IPv6 overlay
 # is probed through IPv4 probe addresses on the same bridge, which is fine since
 # the bridge is layer 2, but an IPv6-only host stack cannot be probed.
@@ -72,6 +80,15 @@ log = get_logger("vxlan-manager")
 
 class ProbeError(RuntimeError):
     """The prober cannot run (no raw socket, no probe address); the message says what to do."""
+
+
+def stale_after(period: float = DEFAULT_PERIOD, timeout: float = DEFAULT_TIMEOUT) -> float:
+    """Age in seconds past which a probe result is stale: two periods plus the timeout.
+
+    >>> stale_after(10.0, 1.0)
+    21.0
+    """
+    return 2 * period + timeout
 
 
 # ---- addresses (pure) ----------------------------------------------------------------
@@ -486,3 +503,34 @@ def _aged(r: ProbeResult, age: float) -> ProbeResult:
     return ProbeResult(
         r.node, r.peer, r.peer_ip, r.reachable, r.rtt_seconds, r.mtu_ok, r.probe_size, age, r.error
     )
+
+
+def measure_now(
+    node: str,
+    nodes: Sequence[api.Node],
+    *,
+    mtu: int,
+    pool: str = DEFAULT_PROBE_POOL,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[ProbeResult]:
+    """One probe round from ``node``'s probe address, now (the check's ``--fresh``).
+
+    Runs in the caller's network namespace and needs CAP_NET_RAW; the address
+    must be on the bridge (the agent puts it there).
+    """
+    me = next((n for n in nodes if n.name == node), None)
+    source = probe_address(me, pool) if me else None
+    if source is None:
+        raise ProbeError(f"failed to probe from {node}: it has no probe address in {pool}")
+    targets, _problems = probe_targets(node, nodes, pool)
+    try:
+        prober = IcmpProber(source=source)
+    except OSError as exc:
+        raise ProbeError(
+            f"failed to probe from {node}'s probe address {source}: {exc.strerror or exc}; "
+            "is the agent up (it puts the address on the bridge)?"
+        ) from exc
+    try:
+        return prober.round(targets, mtu=mtu, node=node, timeout=timeout)
+    finally:
+        prober.close()

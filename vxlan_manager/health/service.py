@@ -41,6 +41,7 @@ from vxlan_manager.health.probe import (
     DEFAULT_PROBE_POOL,
     DEFAULT_TIMEOUT,
     Prober,
+    stale_after,
 )
 
 HEALTH_PATH = "/health"
@@ -127,7 +128,7 @@ class HealthService:
             self._nodes(),
             self._vms(),
             self.prober.results(),
-            probe_max_age=3 * self.settings.period + self.settings.timeout,
+            probe_max_age=stale_after(self.settings.period, self.settings.timeout),
         )
         report.findings.extend(
             Finding(
