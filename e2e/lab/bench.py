@@ -82,8 +82,15 @@ def main(argv: list[str]) -> int:
         lab = find_lab(args.run)
         a, b, node_a, node_b = pick_endpoints(lab.sheet)
         result = throughput(a, b, node_a, node_b, seconds=args.seconds, repeat=args.repeat)
-    except (LabNotFound, BenchError, OSError, ValueError, KeyError) as exc:
+    except (LabNotFound, BenchError) as exc:
         print(f"vmoverlay-lab bench: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"vmoverlay-lab bench: failed to run the benchmark: {exc}; are you root, and is the "
+            "lab still up (`vmoverlay-lab status`)?",
+            file=sys.stderr,
+        )
         return 2
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -105,7 +112,17 @@ def render(r: Throughput) -> str:
 
 def pick_endpoints(sheet: dict[str, Any]) -> tuple[Endpoint, Endpoint, Endpoint, Endpoint]:
     """Two VMs on different nodes, and those two nodes (underlay address from their eth0)."""
-    vms = sorted(sheet.get("vms", {}).items())
+    try:
+        return _pick_endpoints(sheet)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BenchError(
+            f"failed to read the lab's VMs from its cheat sheet (missing {exc}): restart the "
+            "lab with this vmoverlay version (`vmoverlay-lab down`, then `up`)"
+        ) from exc
+
+
+def _pick_endpoints(sheet: dict[str, Any]) -> tuple[Endpoint, Endpoint, Endpoint, Endpoint]:
+    vms = sorted((sheet.get("vms") or {}).items())
     for i, (name_a, a) in enumerate(vms):
         for name_b, b in vms[i + 1 :]:
             if a["node"] != b["node"]:
@@ -120,13 +137,18 @@ def pick_endpoints(sheet: dict[str, Any]) -> tuple[Endpoint, Endpoint, Endpoint,
 
 
 def underlay_ip(ns: str) -> str:
-    out = subprocess.run(
+    proc = subprocess.run(
         ["ip", "-n", ns, "-j", "-4", "addr", "show", "dev", "eth0"],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    for link in json.loads(out):
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchError(
+            f"failed to read the underlay address of eth0 in {ns}: {proc.stderr.strip()}; "
+            "is the lab still up (`vmoverlay-lab status`)?"
+        )
+    for link in json.loads(proc.stdout or "[]"):
         for addr in link.get("addr_info", []):
             return str(addr["local"])
     raise BenchError(f"no IPv4 address on eth0 in {ns}")
@@ -170,7 +192,13 @@ def iperf(client: Endpoint, server: Endpoint, seconds: int) -> float:
             raise BenchError(
                 f"iperf3 {client.ns} -> {server.ip} failed: {proc.stdout[-300:]} {proc.stderr}"
             )
-        bps = float(json.loads(proc.stdout)["end"]["sum_received"]["bits_per_second"])
+        try:
+            bps = float(json.loads(proc.stdout)["end"]["sum_received"]["bits_per_second"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BenchError(
+                f"failed to read iperf3's result ({client.ns} -> {server.ip}): {exc}; "
+                "run iperf3 by hand in those namespaces to see why"
+            ) from exc
         log.info("iperf3", client=client.node, server=server.node, gbps=round(bps / 1e9, 2))
         return bps
     except subprocess.TimeoutExpired as exc:

@@ -6,8 +6,10 @@ resync, so no agent repairs a fault before the check sees it) for the module.
 Scenarios:
 - healthy: every ordered pair of nodes reachable with full-size (1450-byte) probes, no
   finding, exit code 0;
-- each fault is detected by `vmoverlay-lab check` and named (node, peer, property) with the
-  right exit code, and after its removal the check is healthy again within one probe period
+- each fault is detected by the very first `vmoverlay-lab check` after it is injected (the
+  check measures the probes itself, now: an agent's last round, up to a period old, would
+  still say "reachable") and named (node, peer, property) with the right exit code; with
+  --no-fresh the agents' results carry their age; after its removal the check is healthy again within one probe period
   (plus the probe timeout and the check's own run time):
   drop VXLAN UDP on n3 (every pair with n3 unreachable, n3 cut off, 2), lower n3's underlay
   MTU (underlay.mtu on n3, probe.mtu toward n3, the MTU localised on n3, 2), delete n1's
@@ -140,12 +142,12 @@ def test_fault_detected_and_healed(
     wait_report(lab, healthy, within=3 * PERIOD + 5)
     fault.inject(lab, kind, node, peer=peer)
     try:
-        report, _ = wait_report(
-            lab,
-            lambda r: expected <= {(f.node, f.peer, f.property) for f in r.findings},
-            within=2 * PERIOD + TIMEOUT + 5,
-        )
+        report = lab_report(lab, timeout=15)  # at once: no waiting for the agents' next round
+        assert expected <= {(f.node, f.peer, f.property) for f in report.findings}, [
+            (f.node, f.peer, f.property) for f in report.findings
+        ]
         assert report.exit_code == code
+        assert report.probes_on_demand and all(p.age_seconds == 0.0 for p in report.probes)
         if kind == "vni":
             f = next(f for f in report.findings if f.property == "vxlan.vni")
             assert (f.expected, f.observed) == ("4242", "4243")
@@ -156,6 +158,13 @@ def test_fault_detected_and_healed(
     # Healthy again within one probe period (+ the probe timeout and the check's own time).
     _, took = wait_report(lab, healthy, within=PERIOD + TIMEOUT + 4)
     assert took <= PERIOD + TIMEOUT + 4
+
+
+def test_agents_results_carry_their_age(lab: LabInfo) -> None:
+    report = lab_report(lab, timeout=15, fresh=False)
+    assert not report.probes_on_demand and report.probe_max_age == 2 * PERIOD + TIMEOUT
+    assert report.probes and all(p.age_seconds is not None for p in report.probes)
+    assert all(p.age_seconds <= 2 * PERIOD + TIMEOUT for p in report.probes if p.age_seconds)
 
 
 def test_bench_throughput(lab: LabInfo) -> None:
