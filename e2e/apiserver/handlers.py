@@ -41,6 +41,8 @@ log = get_logger("lab-apiserver")
 MAX_BODY = 3 * 1024 * 1024
 NAMESPACE_SUBRESOURCES = ("status", "finalize")
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+# Where a create request keeps the name of its object for the audit record.
+AUDIT_NAME = web.RequestKey("audit_name", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -142,7 +144,7 @@ class ResourceHandlers:
                 resource=target.plural,
                 subresource=target.subresource or "",
                 namespace=target.namespace or "",
-                name=target.name or "",
+                name=target.name or request.get(AUDIT_NAME, ""),
                 code=code,
             )
 
@@ -189,7 +191,12 @@ class ResourceHandlers:
         strict = q.get("fieldValidation") == "Strict"
         if verb == "create":
             body = await self._body(request)
-            return json_response(ops.create(ns, body, strict=strict), 201)
+            # The audit record names the object, as a real audit log does: the name
+            # in the body, then the one the server made (generateName).
+            request[AUDIT_NAME] = _body_name(body)
+            created = ops.create(ns, body, strict=strict)
+            request[AUDIT_NAME] = _body_name(created)
+            return json_response(created, 201)
         if verb == "update":
             body = await self._body(request)
             return json_response(ops.replace(ns, name, body, subresource=sub, strict=strict))
@@ -329,6 +336,13 @@ def _verb(request: web.Request, target: Target) -> str:
     if method == "DELETE":
         return "delete" if target.name else "deletecollection"
     raise errors.method_not_allowed(f"the server does not allow the method {method}")
+
+
+def _body_name(body: Any) -> str:
+    """``metadata.name`` of a request or answer body, or "" when it has none."""
+    meta = body.get("metadata") if isinstance(body, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else ""
 
 
 def _true(value: str | None) -> bool:

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 class SqlitePersistence:
     def __init__(self, data_dir: str | Path) -> None:
         path = Path(data_dir)
-        path.mkdir(parents=True, exist_ok=True)
+        # Only the data dir itself, never its parents (see server.check_data_dir).
+        path.mkdir(exist_ok=True)
         self.path = path / "objects.sqlite3"
         self.db = sqlite3.connect(str(self.path), isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")

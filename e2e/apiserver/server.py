@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -37,6 +38,75 @@ ALLOWED_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("1
 
 class AddressNotAllowed(ValueError):
     """The server may only listen on loopback or the lab range."""
+
+
+class BadSetting(ValueError):
+    """A numeric setting outside its range (port, history, bookmark interval)."""
+
+
+class DataDirError(OSError):
+    """The data dir cannot be used; the message names it and says why."""
+
+
+# Seconds a stopping server waits for requests in flight before it cancels them.
+SHUTDOWN_GRACE = 1.0
+MAX_HISTORY = 10_000_000
+MAX_BOOKMARK_INTERVAL = 3600.0
+
+
+def check_port(port: int) -> int:
+    if not 0 <= port <= 65535:
+        raise BadSetting(f"port {port} is out of range: use 0-65535 (0 picks a free port)")
+    return port
+
+
+def check_history(history: int) -> int:
+    if not 1 <= history <= MAX_HISTORY:
+        raise BadSetting(f"history {history} is out of range: keep 1-{MAX_HISTORY} watch events")
+    return history
+
+
+def check_bookmark_interval(seconds: float) -> float:
+    # NaN fails both comparisons, so it is refused too.
+    if not 0 < seconds <= MAX_BOOKMARK_INTERVAL:
+        raise BadSetting(
+            f"bookmark interval {seconds} is out of range: use more than 0 and at most "
+            f"{MAX_BOOKMARK_INTERVAL:g} seconds"
+        )
+    return seconds
+
+
+def check_data_dir(data_dir: str | Path) -> Path:
+    """The data dir, refused when it is not a directory or its parent is missing.
+
+    The server creates the data dir itself but never its parents: a typo in a
+    path must not make a tree of directories somewhere (as root, under ``/``).
+    """
+    path = Path(data_dir)
+    if path.exists() and not path.is_dir():
+        raise DataDirError(
+            f"failed to use data dir {path}: it exists and is not a directory; "
+            "name a directory (it is created if only the last part is missing)"
+        )
+    if not path.exists() and not path.parent.is_dir():
+        raise DataDirError(
+            f"failed to use data dir {path}: its parent {path.parent} is not an existing "
+            "directory; create the parent first (only the last part is created)"
+        )
+    return path
+
+
+def check_output_file(kind: str, file: str | Path) -> Path:
+    """A file the server will write (``kind`` names it): its directory must already exist."""
+    path = Path(file)
+    if path.is_dir():
+        raise DataDirError(f"failed to write {kind} {path}: it is a directory; name a file")
+    if not path.parent.is_dir():
+        raise DataDirError(
+            f"failed to write {kind} {path}: directory {path.parent} does not exist; "
+            "create it first"
+        )
+    return path
 
 
 def check_address(address: str) -> str:
@@ -80,10 +150,10 @@ class LabApiServer:
         bookmark_interval: float = 5.0,
     ) -> None:
         self.address = check_address(address)
-        self.requested_port = port
-        self.data_dir = data_dir
-        self.history = history
-        self.bookmark_interval = bookmark_interval
+        self.requested_port = check_port(port)
+        self.data_dir = check_data_dir(data_dir) if data_dir else None
+        self.history = check_history(history)
+        self.bookmark_interval = check_bookmark_interval(bookmark_interval)
         self.port = 0
         self._runner: web.AppRunner | None = None
         self.store: Store | None = None
@@ -95,7 +165,7 @@ class LabApiServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        persistence = SqlitePersistence(self.data_dir) if self.data_dir else None
+        persistence = self._open_persistence()
         self.store = Store(history=self.history, persistence=persistence)
         self.api = ObjectApi(self.store, Registry(), schedule=lambda fn: _call_soon(loop, fn))
         audit, faults = AuditLog(), Faults()
@@ -113,7 +183,9 @@ class LabApiServer:
         app.router.add_get("/openapi/v3", self._openapi_root)
         app.router.add_get("/openapi/v3/{gv:.*}", self._openapi_gv)
         app.router.add_route("*", "/{tail:.*}", resources.handle)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.address, self.requested_port, reuse_address=True)
         await site.start()
@@ -122,12 +194,32 @@ class LabApiServer:
         self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
         log.info("lab API server serving", url=self.url, data_dir=str(self.data_dir or ""))
 
+    def _open_persistence(self) -> SqlitePersistence | None:
+        if self.data_dir is None:
+            return None
+        try:
+            return SqlitePersistence(check_data_dir(self.data_dir))
+        except (OSError, sqlite3.Error) as exc:
+            if isinstance(exc, DataDirError):
+                raise
+            raise DataDirError(
+                f"failed to open data dir {self.data_dir}: {exc}; check it is a writable "
+                "directory, or start without --data-dir"
+            ) from exc
+
     async def stop(self) -> None:
+        """Stop promptly, as the real server does: open watch streams end cleanly.
+
+        It stops listening, ends every open watch (and any a client opens on a
+        kept-alive connection meanwhile) with a proper end of stream, waits up to
+        :data:`SHUTDOWN_GRACE` seconds for requests in flight, then cancels the rest.
+        """
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
         if self.store is not None:
-            # End open watches cleanly (a proper end of the chunked stream) before
-            # the runner cancels their handlers.
-            self.store.end_watches()
-            deadline = time.monotonic() + 2.0
+            self.store.shut_down_watches()
+            deadline = time.monotonic() + SHUTDOWN_GRACE
             while any(self.store.subscriptions.values()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         if self._runner is not None:

@@ -88,6 +88,8 @@ def owner_uids(obj: dict[str, Any] | None) -> set[str]:
 
 class Store:
     def __init__(self, *, history: int = 10000, persistence: Persistence | None = None) -> None:
+        if history < 1:
+            raise ValueError(f"history must keep at least 1 event, not {history}")
         self.objects: dict[str, dict[ObjKey, dict[str, Any]]] = {}
         self.rv = 0
         self.floor = 0
@@ -96,6 +98,8 @@ class Store:
         self.uids: dict[str, Location] = {}
         self.dependents: dict[str, set[Location]] = {}
         self.subscriptions: dict[str, set[Subscription]] = {}
+        # Set on shutdown: every watch ends at once, new ones too.
+        self.closing = False
         # Sorted keys per resource, rebuilt on the next list after a create or delete.
         self._sorted: dict[str, list[ObjKey]] = {}
         self.persistence = persistence
@@ -226,6 +230,8 @@ class Store:
     def subscribe(self, key: str) -> Subscription:
         sub = Subscription(key)
         self.subscriptions.setdefault(key, set()).add(sub)
+        if self.closing:
+            sub.queue.put_nowait(None)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -246,7 +252,12 @@ class Store:
                 n += 1
         return n
 
+    def shut_down_watches(self) -> int:
+        """End every open watch cleanly and every one opened from now on (shutdown)."""
+        self.closing = True
+        return self.end_watches()
+
     def close(self) -> None:
-        self.end_watches()
+        self.shut_down_watches()
         if self.persistence is not None:
             self.persistence.close()

@@ -81,6 +81,8 @@ def decode_problem(obj: dict[str, Any], *, builtin: bool) -> str | None:
         value = (m or {}).get(key)
         if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
             return f"metadata.{key}: cannot decode {type(value).__name__} into {types[0].__name__}"
+        if types == (int,) and value is not None and not _is_int64(value):
+            return f"metadata.{key}: cannot decode number {value} into int64"
     for key in ("finalizers",):
         if any(not isinstance(v, str) for v in (m or {}).get(key) or []):
             return f"metadata.{key}: every item must be a string"
@@ -244,11 +246,29 @@ def _shown(value: Any) -> str:
     return json.dumps(value)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _is_int64(value: Any) -> bool:
+    """An integer the real server's JSON decoder keeps as an int64.
+
+    It decodes a JSON integer outside int64 as a float64, which is then not of
+    type ``integer`` (nor int-or-string): such a value is refused with 422 as a
+    "number", naming the field.
+    """
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX
+    )
+
+
 def _type_ok(wanted: str, value: Any) -> bool:
     if wanted in ("integer", "number") and isinstance(value, bool):
         return False
+    if wanted == "integer" and isinstance(value, int):
+        return _is_int64(value)
     if wanted == "integer" and isinstance(value, float):
-        return value.is_integer()
+        # A float64 counts as an integer only while it is exact (|x| <= 2^53).
+        return value.is_integer() and abs(value) <= 2**53
     return isinstance(value, _TYPES.get(wanted, (object,)))
 
 
@@ -264,7 +284,7 @@ def _check(schema: dict[str, Any], value: Any, path: str, causes: list[Cause]) -
             )
         return
     if schema.get("x-kubernetes-int-or-string"):
-        if not isinstance(value, int | str) or isinstance(value, bool):
+        if not (isinstance(value, str) or _is_int64(value)):
             causes.append(
                 (
                     path,
@@ -295,7 +315,7 @@ def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
-        return "integer"
+        return "integer" if _is_int64(value) else "number"
     if isinstance(value, float):
         return "number"
     if isinstance(value, str):

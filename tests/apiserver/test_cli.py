@@ -3,6 +3,16 @@
 Scenarios:
 - an address outside 127.0.0.0/8 and 198.18.0.0/15 is refused with exit code 2
   and a message naming the allowed ranges;
+- every numeric flag out of its range (--port -1/65536/70000, --history 0/-5,
+  --bookmark-interval 0/-1/nan/inf) or not a number is refused up front with exit
+  code 2 and a message naming the flag, never a traceback;
+- --data-dir whose parent is missing, and --kubeconfig-out in a missing
+  directory, are refused with exit code 2 and nothing is created; a --data-dir
+  that is a regular file is refused naming the data dir (not the address); a
+  --data-dir whose parent exists is created (only its last part);
+- SIGTERM while clients hold open watch streams (one read to its end, some
+  kubernetes Watch loops that re-watch at once) exits 0 within seconds, and the
+  streams end cleanly;
 - with --port 0 it prints the URL with the chosen port and writes a working
   kubeconfig; SIGTERM and SIGINT stop it with exit code 0;
 - with --data-dir and no --kubeconfig-out the kubeconfig goes to DIR/kubeconfig;
@@ -15,15 +25,18 @@ Scenarios:
 
 from __future__ import annotations
 
+import http.client
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
+from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -48,6 +61,97 @@ def test_refuses_addresses_outside_the_lab(address: str) -> None:
     result = run_cli("--address", address)
     assert result.returncode == 2
     assert "127.0.0.0/8" in result.stderr and "198.18.0.0/15" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--port", "70000"], "--port"),
+        (["--port", "65536"], "--port"),
+        (["--port", "-1"], "--port"),
+        (["--port", "x"], "--port"),
+        (["--port", "0", "--history", "-5"], "--history"),
+        (["--history", "0"], "--history"),
+        (["--bookmark-interval", "0"], "--bookmark-interval"),
+        (["--bookmark-interval", "-1"], "--bookmark-interval"),
+        (["--bookmark-interval", "nan"], "--bookmark-interval"),
+        (["--bookmark-interval", "inf"], "--bookmark-interval"),
+    ],
+)
+def test_refuses_numbers_out_of_range(args: list[str], flag: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert f"argument {flag}:" in result.stderr
+    assert "Traceback" not in result.stderr and "serving" not in result.stdout
+
+
+def test_refuses_missing_parents_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such"
+    result = run_cli("--data-dir", str(missing / "data"))
+    assert result.returncode == 2
+    assert f"data dir {missing / 'data'}" in result.stderr and "parent" in result.stderr
+    result = run_cli("--kubeconfig-out", str(missing / "kc"))
+    assert result.returncode == 2
+    assert f"kubeconfig {missing / 'kc'}" in result.stderr and "does not exist" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_a_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    file = tmp_path / "file"
+    file.write_text("not a directory\n")
+    result = run_cli("--port", "0", "--data-dir", str(file))
+    assert result.returncode == 2
+    assert f"data dir {file}" in result.stderr and "not a directory" in result.stderr
+    assert "failed to start on" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_dir_is_created_when_its_parent_exists(tmp_path: Path) -> None:
+    with start_lab_api(tmp_path, data_dir=tmp_path / "fresh", crds=False) as lab:
+        assert lab.data_dir is not None and (lab.data_dir / "objects.sqlite3").is_file()
+
+
+def test_sigterm_ends_open_watches_and_exits_promptly(tmp_path: Path) -> None:
+    with start_lab_api(tmp_path, crds=False) as lab:
+        assert lab._proc is not None
+        proc = lab._proc
+        host, port = lab.url.removeprefix("http://").split(":")
+        raw = http.client.HTTPConnection(host, int(port), timeout=30)
+        raw.request("GET", "/api/v1/namespaces?watch=true")
+        stream = raw.getresponse()
+        assert stream.status == 200
+        ended: list[bytes] = []
+        reader = threading.Thread(target=lambda: ended.append(stream.read()), daemon=True)
+        reader.start()
+        core = k8s.CoreV1Api(lab.client())
+        watchers = [watch.Watch() for _ in range(3)]
+
+        def follow(w: watch.Watch) -> None:
+            try:
+                for _ in w.stream(core.list_namespace):
+                    pass
+            except (ApiException, HTTPError, OSError):
+                return  # the server is gone: expected once it stopped
+
+        threads = [threading.Thread(target=follow, args=(w,), daemon=True) for w in watchers]
+        for t in threads:
+            t.start()
+        while lab.stats()["watches"] < 4:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        took = time.monotonic() - started
+        print(f"exit {code} {took:.2f}s after SIGTERM with 4 open watches")
+        assert code == 0
+        # Without ending the watches it took 10 s or more (aiohttp's grace is 60 s).
+        assert took < 5
+        reader.join(timeout=10)
+        assert ended, "the raw watch stream did not end"
+        assert b'"type":"ADDED"' in ended[0]  # the stream ended cleanly, with its events
+        for w in watchers:
+            w.stop()
+        raw.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

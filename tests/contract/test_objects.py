@@ -9,6 +9,9 @@ Scenarios:
 - an object without a status subresource keeps status written through the main resource;
 - schema validation refuses bad values with 422 Invalid naming the field (pattern,
   required, maximum, enum, type), and prunes unknown fields;
+- an integer outside int64 in a ``type: integer`` field (spec or status) is 422
+  Invalid naming the field as of type "number" (the real server decodes it as a
+  float64); the int64 limits themselves are accepted;
 - JSON patch and merge patch on custom resources; a stale resourceVersion in a patch is 409;
 - delete preconditions: a wrong uid or resourceVersion is 409 Conflict;
 - an unknown resource is 404 NotFound; a missing object is 404 with reason NotFound.
@@ -192,6 +195,8 @@ def test_no_status_subresource_keeps_status(cluster: Cluster) -> None:
         ({"cidr": "198.19.0.0/16", "vni": 16777216}, "spec.vni", "less than or equal to"),
         ({"cidr": "198.19.0.0/16", "mtu": "big"}, "spec.mtu", "must be of type integer"),
         ({"gateway": "198.19.0.1"}, "spec.cidr", "Required value"),
+        ({"cidr": "198.19.0.0/16", "vni": 2**64 - 129}, "spec.vni", "must be of type integer"),
+        ({"cidr": "198.19.0.0/16", "vni": -(2**63) - 1}, "spec.vni", "must be of type integer"),
     ],
 )
 def test_validation_names_the_field(
@@ -203,6 +208,25 @@ def test_validation_names_the_field(
         CustomObjects(cluster.client()).create(api.POOL_PLURAL, body)
     assert err.value.status == 422
     assert f"{field}: " in str(err.value) and words in str(err.value)
+
+
+@pytest.mark.parametrize("too_big", [2**63, 2**64 - 129, 2**70])
+def test_integers_beyond_int64_are_refused(cluster: Cluster, too_big: int) -> None:
+    name = cluster.name("int64")
+    objs = CustomObjects(cluster.client())
+    made = objs.create(api.POOL_PLURAL, pool_body(name))
+    try:
+        made["status"] = {"size": too_big, "allocated": 0, "free": 0}
+        with pytest.raises(Invalid) as err:
+            objs.replace_status(api.POOL_PLURAL, name, made, None)
+        assert err.value.status == 422
+        assert 'status.size: Invalid value: "number"' in str(err.value)
+        assert "must be of type integer" in str(err.value)
+        made["status"] = {"size": 2**63 - 1, "allocated": 0, "free": 2**63 - 1}
+        kept = objs.replace_status(api.POOL_PLURAL, name, made, None)
+        assert kept["status"]["size"] == 2**63 - 1
+    finally:
+        objs.api.delete_cluster_custom_object(G, V, api.POOL_PLURAL, name)
 
 
 def test_enum_validation_on_status(cluster: Cluster) -> None:
