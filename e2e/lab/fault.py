@@ -14,7 +14,9 @@ what it needs to be undone in ``/run/vmoverlay/<run id>.faults.json``;
 was deleted, the device's VNI and FDB entries, SIGCONT). A fault that would
 change nothing is refused, because its removal would then "restore" a state
 that was never there: an fdb fault toward the node itself or toward a peer
-that has no entry, an MTU or VNI equal to the current one. Arguments are
+that has no entry, an MTU or VNI equal to the current one, a drop-vxlan fault
+where an unrecorded ``vmo_fault`` table exists, a stop-agent fault on an agent
+stopped already. Arguments are
 checked before anything is touched (``--peer`` only for fdb, ``--mtu`` within
 the link's range, ``--vni`` within 24 bits), and netlink errors are reported as
 "failed to <verb> <object>: <cause>; <what to do>". An agent's periodic resync
@@ -164,6 +166,12 @@ def inject(
         raise FaultError(f"{fault} is already injected: remove it first")
     if kind == "drop-vxlan":
         port = _device(ns).port
+        if _nft_table_exists(ns):
+            # Its removal deletes the whole table: never one this fault did not make.
+            raise FaultError(
+                f"an nftables table inet {NFT_TABLE} exists in {ns} but no fault records it: "
+                f"delete it (`ip netns exec {ns} nft delete table inet {NFT_TABLE}`) first"
+            )
         _nft(ns, _drop_rules(port))
         fault.undo = {"port": port}
     elif kind == "mtu":
@@ -197,6 +205,13 @@ def inject(
         pids = agent_pids(ns)
         if not pids:
             raise FaultError(f"no vxlan-manager agent runs in {ns}")
+        stopped = [pid for pid in pids if process_state(pid) in STOPPED_STATES]
+        if stopped:
+            # Its removal would continue a process this fault did not stop.
+            raise FaultError(
+                f"the agent in {ns} is stopped already (pid {', '.join(map(str, stopped))}), "
+                f"not by a recorded fault: `kill -CONT {stopped[0]}` if that is unintended"
+            )
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         fault.undo = {"pids": pids}
@@ -394,6 +409,38 @@ def _recreate_device(ns: str, vni: int) -> None:
                 exc,
                 "restart the node's agent (it recreates the device at start)",
             ) from exc
+
+
+STOPPED_STATES = ("T", "t")  # /proc/<pid>/stat: stopped by a signal, or traced
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` from /proc/<pid>/stat (None when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return parse_stat_state(stat)
+
+
+def parse_stat_state(stat: str) -> str | None:
+    """The state field of a /proc/<pid>/stat line (after the parenthesised command).
+
+    >>> parse_stat_state("42 (vxlan manager) T 1 42")
+    'T'
+    """
+    rest = stat[stat.rfind(")") + 1 :].split()
+    return rest[0] if rest else None
+
+
+def _nft_table_exists(ns: str) -> bool:
+    def look() -> bool:
+        import nftables
+
+        rc, _out, _err = nftables.Nftables().cmd(f"list table inet {NFT_TABLE}")
+        return bool(rc == 0)
+
+    return in_netns(ns, look)
 
 
 def agent_pids(ns: str) -> list[int]:

@@ -15,6 +15,10 @@ Scenarios:
 - a VNI outside 24 bits, or equal to the current one, is refused; the device is untouched;
 - options that do not fit the kind (--peer on drop-vxlan, --mtu on vni, no --peer on fdb)
   are refused by `fault add` with exit 2 and the reason, no traceback;
+- drop-vxlan adds its table and its removal deletes it; an unrecorded table of that name
+  (its removal would delete it) is refused and left as it was;
+- stop-agent refuses an agent already stopped by someone else (its removal would continue
+  it): the state comes from /proc/<pid>/stat;
 - a netlink error reads "failed to <verb> <object>: <cause> (errno N); <what to do>";
 - pure: check_arguments, mtu_problem, vni_problem.
 """
@@ -149,6 +153,31 @@ def test_mismatched_options_are_refused(
     err = capsys.readouterr().err
     assert reason in err and "Traceback" not in err
     assert (fdb(lab), mtu(lab)) == before
+
+
+def nft_tables(netns: RunNamespaces, ns: str) -> str:
+    return netns.check(ns, ["nft", "list", "tables"])
+
+
+def test_drop_vxlan_removes_only_its_own_table(lab: LabInfo, netns: RunNamespaces) -> None:
+    ns = lab.nodes["n1"]
+    fault.inject(lab, "drop-vxlan", "n1")
+    assert "vmo_fault" in nft_tables(netns, ns)
+    fault.remove(lab, "drop-vxlan", "n1")
+    assert "vmo_fault" not in nft_tables(netns, ns)
+
+    netns.check(ns, ["nft", "add table inet vmo_fault; add chain inet vmo_fault mine"])
+    with pytest.raises(fault.FaultError, match="no fault records it"):
+        fault.inject(lab, "drop-vxlan", "n1")
+    assert fault.active(lab) == []
+    listed = netns.check(ns, ["nft", "list", "table", "inet", "vmo_fault"])
+    assert "chain mine" in listed and "drop" not in listed
+
+
+def test_process_state_from_stat() -> None:
+    assert fault.parse_stat_state("42 (vxlan (manager)) T 1 42 0") == "T"
+    assert fault.parse_stat_state("7 (python3) S 1 7") == "S"
+    assert fault.process_state(2**22 + 12345) is None  # no such pid
 
 
 def test_netlink_failure_says_what_failed_and_what_to_do() -> None:
