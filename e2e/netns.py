@@ -160,13 +160,18 @@ class RunNamespaces:
             raise NetnsError("could not remove: " + "; ".join(errors))
 
 
-def run_is_alive(run_id: str) -> bool:
+def run_owner(run_id: str) -> int | None:
+    """The pid of the process that owns run ``run_id``, if that process is still alive."""
     pidfile = STATE_DIR / f"{run_id}.pid"
     try:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
-        return False
-    return Path(f"/proc/{pid}").exists()
+        return None
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
+def run_is_alive(run_id: str) -> bool:
+    return run_owner(run_id) is not None
 
 
 def leftover_runs() -> dict[str, list[str]]:

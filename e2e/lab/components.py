@@ -68,6 +68,11 @@ class Component:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def terminate(self) -> None:
+        """Send SIGTERM and return: :meth:`stop` then waits (many components stop at once)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
     def stop(self, timeout: float = 5.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

@@ -21,11 +21,18 @@ happens to the gate) and is ended with SIGINT after the last migration and a
 tail; its totals then come from ``pgbench_history`` and its per-second
 progress lines (:mod:`e2e.lab.pgbench`).
 
+Every flag and output path is checked before anything starts
+(:mod:`e2e.lab.limits`): a bad value or an unwritable ``--json``, ``--junit``
+or ``--log-dir`` is refused with its flag named and exit code 2.
+
 Exit codes: 0 passed; 1 a connection broke, a transaction failed, a stall
-exceeded ``--max-stall-ms``, or the lab failed; 2 a missing prerequisite or bad
-arguments; 130 interrupted. Every namespace, process and temp dir goes on
-every exit path (SIGINT and SIGTERM included); logs stay only with
-``--log-dir`` or when the lab itself failed (the path is printed).
+exceeded ``--max-stall-ms``, the lab failed, or ``--json``/``--junit`` could not
+be written after the run (the table and verdict are printed anyway); 2 a
+missing prerequisite or bad arguments; 130 interrupted by SIGINT (Ctrl-C);
+143 stopped by SIGTERM. Every namespace, process and temp dir goes on every
+exit path (SIGINT and SIGTERM included); logs stay with ``--log-dir``, or in
+the lab's temp dir when the lab failed or the verdict is FAIL (the path is
+printed, and only when there are logs); an interrupted run keeps none.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from e2e.lab import preflight, report, sheet
+from e2e.lab import limits, preflight, report, sheet
 from e2e.lab.cluster import ClusterError
 from e2e.lab.cni import CNIError
 from e2e.lab.components import ComponentError
@@ -84,17 +91,62 @@ LAB_ERRORS = (
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM: stop, clean up, exit 130."""
+    """SIGINT or SIGTERM: stop, clean up, exit 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# The first SIGINT/SIGTERM this process got: a child that saw the same Ctrl-C
+# first may make the gate fail before its own handler runs; it is still an
+# interruption, not a lab failure.
+_received: list[int] = []
+
+
+def interrupted_by() -> int | None:
+    """The signal that interrupted this run, if one did."""
+    return _received[0] if _received else None
+
+
+def exit_code(signum: int) -> int:
+    """128 + the signal's number, as a shell reports it: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + signum
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="vmoverlay-lab gate", description=__doc__.split("\n")[0])
-    p.add_argument("--nodes", type=int, default=3, help="node namespaces (default 3, min 2)")
-    p.add_argument("--vms", type=int, default=2, help="VMs running Postgres (default 2)")
-    p.add_argument("--migrations", type=int, default=6, help="live migrations (default 6)")
-    p.add_argument("--clients", type=int, default=16, help="pgbench clients in all (default 16)")
-    p.add_argument("--pause-ms", type=int, default=100, help="stop-and-copy pause (default 100)")
-    p.add_argument("--max-stall-ms", type=float, default=None, help="fail above this stall")
+    p = argparse.ArgumentParser(
+        prog="vmoverlay-lab gate",
+        description=__doc__.split("\n")[0],
+        epilog="Exit codes: 0 passed; 1 failed (verdict FAIL, the lab failed, or an output "
+        "file could not be written); 2 bad arguments or a missing prerequisite; "
+        "130 interrupted (SIGINT, Ctrl-C); 143 stopped (SIGTERM).",
+    )
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=3,
+        help=f"node namespaces (default 3, 2 to {limits.max_nodes()})",
+    )
+    p.add_argument(
+        "--vms",
+        type=int,
+        default=2,
+        help=f"VMs running Postgres (default 2, 1 to {limits.MAX_VMS})",
+    )
+    p.add_argument("--migrations", type=int, default=6, help="live migrations (default 6, min 1)")
+    p.add_argument(
+        "--clients", type=int, default=16, help="pgbench clients in all (default 16, min --vms)"
+    )
+    p.add_argument(
+        "--pause-ms",
+        type=int,
+        default=100,
+        help="stop-and-copy pause (default 100; 0 up to below --no-progress-ms)",
+    )
+    p.add_argument(
+        "--max-stall-ms", type=float, default=None, help="fail above this stall (> --pause-ms)"
+    )
     p.add_argument("--no-vm-announce", action="store_true", help="no RARP after resume")
     p.add_argument("--binding", choices=BINDINGS, default="overlay")
     p.add_argument(
@@ -104,9 +156,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="netns: VMs as namespaces (default, fast); qemu: real QEMU guests (e2e.qemu)",
     )
     p.add_argument("--rate", type=int, default=200, help="pgbench tps in all, 0 = unlimited")
-    p.add_argument("--spacing", type=float, default=2.0, help="seconds between migrations")
     p.add_argument(
-        "--no-progress-ms", type=int, default=10000, help="a client silent this long is broken"
+        "--spacing",
+        type=float,
+        default=2.0,
+        help="seconds between migrations (default 2; 0 = as soon as the target is prepared)",
+    )
+    p.add_argument(
+        "--no-progress-ms",
+        type=int,
+        default=10000,
+        help=f"a client silent this long is broken (default 10000, min {limits.MIN_NO_PROGRESS_MS})",
     )
     p.add_argument("--json", type=Path, help="write the JSON summary here")
     p.add_argument("--junit", type=Path, help="write JUnit XML here")
@@ -123,9 +183,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add_logging_args(p)
     args = p.parse_args(argv)
-    if args.nodes < 2 or args.vms < 1 or args.migrations < 0 or args.clients < args.vms:
-        p.error("need --nodes >= 2, --vms >= 1, --migrations >= 0 and --clients >= --vms")
+    problems = limits.gate_problems(args) + limits.output_problems(
+        json_path=args.json, junit_path=args.junit, log_dir=args.log_dir
+    )
+    if problems:
+        p.exit(2, refusal(p.prog, problems))
     return args
+
+
+def refusal(prog: str, problems: list[str]) -> str:
+    """The message for bad arguments: each problem on its own line, no usage dump."""
+    lines = [f"{prog}: error: {problems[0]}", *(f"{prog}: error: {p}" for p in problems[1:])]
+    return "\n".join([*lines, f"({prog} --help lists every flag and its range)"]) + "\n"
 
 
 class Display:
@@ -153,23 +222,61 @@ def main(argv: list[str]) -> int:
     _raise_on_signals()
     try:
         doc = Gate(args, display).run()
-    except Interrupted:
-        print("vmoverlay-lab gate: interrupted; the lab was removed", file=sys.stderr)
-        return 130
+    except Interrupted as exc:
+        return report_interrupted(exc.signum)
     except LAB_ERRORS as exc:
+        signum = interrupted_by()
+        if signum is not None:
+            return report_interrupted(signum)
         print(f"vmoverlay-lab gate: the lab failed: {exc}", file=sys.stderr)
         return 1
     print(report.table(doc))
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
-    if args.junit:
-        args.junit.write_text(report.junit(doc, duration_s=doc["duration_s"]))
+    errors = write_outputs(args, doc)
+    for line in errors:
+        print(f"vmoverlay-lab gate: {line}", file=sys.stderr)
+    if errors:
+        verdict = "PASS" if doc["passed"] else "FAIL"
+        print(f"vmoverlay-lab gate: the verdict above ({verdict}) stands; exit 1", file=sys.stderr)
+        return 1
     return 0 if doc["passed"] else 1
 
 
+def report_interrupted(signum: int) -> int:
+    name = signal.Signals(signum).name
+    print(f"vmoverlay-lab gate: interrupted ({name}); the lab was removed", file=sys.stderr)
+    return exit_code(signum)
+
+
+def write_outputs(args: argparse.Namespace, doc: dict[str, Any]) -> list[str]:
+    """Write ``--json`` and ``--junit``; one line per file that could not be written."""
+    errors = []
+    outputs: list[tuple[str, str, Path | None]] = [
+        ("--json", "JSON summary", args.json),
+        ("--junit", "JUnit XML", args.junit),
+    ]
+    for flag, what, path in outputs:
+        if path is None:
+            continue
+        if flag == "--json":
+            text = json.dumps(doc, indent=2) + "\n"
+        else:
+            text = report.junit(doc, duration_s=doc["duration_s"])
+        try:
+            path.write_text(text)
+        except OSError as exc:
+            errors.append(
+                f"failed to write the {what} to {path} ({flag}): {exc.strerror or exc}; "
+                "pick a writable path"
+            )
+    return errors
+
+
 def _raise_on_signals() -> None:
+    _received.clear()
+
     def handler(signum: int, _frame: FrameType | None) -> None:
-        raise Interrupted(signal.Signals(signum).name)
+        _received.append(signum)
+        raise Interrupted(signum)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -195,13 +302,13 @@ class Gate:
             bound_ms=args.no_progress_ms,
             log_dir=args.log_dir,
         )
-        failed = True
+        outcome = "failed"
         with RunNamespaces() as run:
             lab = lab_class(args.mode)(config, run, self.display)
             try:
                 lab.start()
                 doc = self.measure(lab)
-                failed = False
+                outcome = "passed" if doc["passed"] else "verdict FAIL"
                 if args.keep:
                     keep_running(lab, self.display)
                 return doc
@@ -209,13 +316,19 @@ class Gate:
                 # A second Ctrl-C must not cut the clean-up short.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                if outcome == "failed" and interrupted_by() is not None:
+                    outcome = "interrupted"
                 for timer in self.timers:
                     timer.cancel()
                     timer.join()
-                if failed:
-                    self.display(f"the lab failed; its logs stay in {lab.log_dir}")
-                self.display("removing the lab")
-                lab.close(keep_logs=failed)
+                self.display(
+                    "interrupted: removing the lab"
+                    if outcome == "interrupted"
+                    else "removing the lab"
+                )
+                logs = lab.close(keep_logs=outcome in ("failed", "verdict FAIL"))
+                if logs is not None and outcome != "passed":
+                    self.display(f"{describe(outcome)}; its logs are in {logs}")
 
     def measure(self, lab: Lab) -> dict[str, Any]:
         args, bound_s = self.args, self.args.no_progress_ms / 1000
@@ -241,11 +354,17 @@ class Gate:
             self._migrate(lab, plan, began, seconds, benches)
             self._settle(benches)
             results = [b.finish() for b in benches]
-        finally:
+        except BaseException:
+            # Interrupted or failed: no waiting for results nobody will read.
             for bench in benches:
                 bench.stop()
-            load_end = time.monotonic()
-            data = [p.stop() for p in probes]
+            for runner in probes:
+                runner.kill()
+            raise
+        for bench in benches:
+            bench.stop()
+        load_end = time.monotonic()
+        data = [p.stop() for p in probes]
         if self.args.log_dir:
             for name, probe in zip(vms, data, strict=True):
                 path = self.args.log_dir / f"probe-{name}.json"
@@ -431,6 +550,13 @@ class Gate:
             "rate": a.rate,
             "no_progress_ms": a.no_progress_ms,
         }
+
+
+def describe(outcome: str) -> str:
+    """How the end of a run reads before "its logs are in ..."."""
+    return {"failed": "the lab failed", "verdict FAIL": "the gate failed"}.get(
+        outcome, f"the run was {outcome}"
+    )
 
 
 def lab_class(mode: str) -> type[Lab]:

@@ -50,6 +50,7 @@ from e2e.lab.announce import Announcer, packet_socket
 from e2e.lab.cluster import LAB_NAMESPACE, ClusterAPI, now_rfc3339
 from e2e.lab.cni import MODE_POD, MODE_VM_L2, CNIError, PodAttachment, invoke
 from e2e.lab.components import Component
+from e2e.lab.limits import NODE_OFFSET
 from e2e.lab.linkctl import LinkControl, link_index
 from e2e.lab.vm import LabVM
 from e2e.netns import NetnsError, RunNamespaces, list_namespaces, remove_namespace
@@ -77,7 +78,7 @@ class LabError(RuntimeError):
 
 def node_address(index: int) -> str:
     """Underlay address of node ``index`` (1-based): 198.18.0.11, .12, ..."""
-    return f"198.18.0.{10 + index}"
+    return f"198.18.0.{NODE_OFFSET + index}"
 
 
 def node_names(count: int) -> list[str]:
@@ -457,35 +458,58 @@ class Lab:
 
     # --- tear-down ----------------------------------------------------------------------
 
-    def close(self, *, keep_logs: bool = False) -> None:
-        """Stop everything this lab started; the caller's RunNamespaces removes the namespaces."""
+    def close(self, *, keep_logs: bool = False) -> Path | None:
+        """Stop everything this lab started; the caller's RunNamespaces removes the namespaces.
+
+        Returns where the lab's logs can be read now, None when none are left.
+        """
         self._cleanup.shutdown(wait=True, cancel_futures=True)
         existing = set(list_namespaces())
         for vm in self.vms.values():
             # A VM left frozen by an interrupted switch-over must be able to die.
             if vm.ns in existing:
                 vmmod.thaw(vmmod.pids_in_netns(vm.ns))
+        vmmod.stop_processes(list(self.vms.values()))
         for announcer in self.announcers.values():
             announcer.close()
         for links in self.links.values():
             links.close()
-        for component in [*self.agents.values(), self.ipam, self.apiserver]:
-            if component is not None:
-                component.stop()
+        running = [c for c in [*self.agents.values(), self.ipam, self.apiserver] if c is not None]
+        for component in running:  # all at once, then wait for each
+            component.terminate()
+        for component in running:
+            component.stop()
         if self.api is not None:
             self.api.close()
         for vm in self.vms.values():
             vmmod.remove_datadir(vm)
-        self._remove_tmp(keep_logs=keep_logs)
+        return self._remove_tmp(keep_logs=keep_logs)
 
-    def _remove_tmp(self, *, keep_logs: bool) -> None:
-        """The lab's temp dir goes; only the logs stay, when asked and kept in it."""
-        if not keep_logs or self.config.log_dir is not None:
+    def _remove_tmp(self, *, keep_logs: bool) -> Path | None:
+        """The lab's temp dir goes; only the logs stay, when asked and kept in it.
+
+        Returns where the logs are now: the ``--log-dir`` if it holds any, the
+        kept temp logs, or None when there are none (an empty log dir is never
+        kept nor pointed at).
+        """
+        if self.config.log_dir is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
-            return
+            return self.config.log_dir if has_files(self.config.log_dir) else None
+        if not keep_logs or not has_files(self.log_dir):
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return None
         for path in self._tmp.iterdir():
             if path != self.log_dir:
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
+        return self.log_dir
+
+
+def has_files(directory: Path) -> bool:
+    """Whether ``directory`` holds at least one non-empty file (at any depth)."""
+    try:
+        return any(p.is_file() and p.stat().st_size > 0 for p in directory.rglob("*"))
+    except OSError:
+        return False

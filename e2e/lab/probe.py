@@ -15,12 +15,18 @@ timestamps without any conversion.
   migrations are still measured.
 - Datagrams: a sequence number every interval to the VM's echo responder; the
   replies are matched by sequence number.
+
+The probe ignores SIGINT: a Ctrl-C in the terminal reaches the whole process
+group, and it is the gate's to handle (it closes the probe's stdin, or kills
+it when interrupted). To stop a probe run by hand, close its stdin (Ctrl-D).
+SIGTERM ends it quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import struct
 import subprocess
@@ -138,7 +144,14 @@ def _next_tick(previous: float, interval: float) -> float:
     return tick
 
 
+def quiet_signals() -> None:
+    """No traceback on the terminal's Ctrl-C (the gate handles it) nor on SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
+
+
 def main() -> None:
+    quiet_signals()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", required=True)
     parser.add_argument("--pg-port", type=int, default=5432)
@@ -199,6 +212,12 @@ class ProbeRunner:
 
     def since(self, start: float) -> list[dict[str, Any]]:
         return [e for e in list(self.events) if e["t"] >= start]
+
+    def kill(self) -> None:
+        """End the probe at once (the run was interrupted): no result is waited for."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self, timeout: float = 30.0) -> ProbeData:
         """Close the probe's stdin, wait for its result; a probe gone wrong is killed."""

@@ -3,14 +3,21 @@
 ``vmoverlay-lab up`` prints it and stores it beside the run's pid file
 (``/run/vmoverlay/<run id>.lab.json``) so ``vmoverlay-lab status`` can print it
 again from another shell.
+
+Every command on it works as printed, from any directory, as root: vmoverlay's
+own command is given by its absolute path in this virtualenv (the venv need
+not be activated), and a command whose tool is not installed says so.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+from e2e.lab.components import ComponentError, command
 from e2e.lab.lab import Lab
 from e2e.netns import STATE_DIR
 
@@ -30,7 +37,18 @@ def describe(lab: Lab) -> dict[str, Any]:
             for name, vm in lab.vms.items()
         },
         "client": {"ns": lab.client_ns, "ip": lab.client_ip, "node": lab.client_node},
+        "lab_command": lab_command(),
+        "kubectl": shutil.which("kubectl"),
+        "psql": shutil.which("psql"),
     }
+
+
+def lab_command() -> str:
+    """``vmoverlay-lab`` as a command line that runs from anywhere without an activated venv."""
+    try:
+        return command("vmoverlay-lab")
+    except ComponentError:
+        return f"{sys.executable} -m e2e.cli"
 
 
 def sheet_path(run_id: str) -> Path:
@@ -61,17 +79,27 @@ def render(info: dict[str, Any]) -> str:
     lines.append(f"  client         {client['ns']}  ip {client['ip']} on {client['node']}")
     first_vm = next(iter(info["vms"].values()), None)
     node_ns = next(iter(info["nodes"].values()), "")
+    lab_cmd = info.get("lab_command") or "vmoverlay-lab"
+    kubectl = info.get("kubectl", "kubectl")
     lines += [
         "",
-        "how to look around:",
+        "how to look around (as root; commands work as shown from any directory):",
         f"  ip netns exec {node_ns} bridge fdb show dev vmo-vx0     # a node's FDB entries",
         f"  ip netns exec {node_ns} ip -d link show vmo-vx0         # its VXLAN device",
-        f"  KUBECONFIG={info['kubeconfig']} ip netns exec {cp} kubectl get vmovm -A  # kubectl",
-        f"  vmoverlay-lab check --run {info['run_id']}                  # fabric health",
+        f"  KUBECONFIG={info['kubeconfig']} ip netns exec {cp} kubectl get vmovm -A  # kubectl"
+        if kubectl
+        else "  (kubectl is not installed: apt-get install kubectl to query the lab's API)",
+        f"  {lab_cmd} check --run {info['run_id']}   # fabric health",
+        f"  {lab_cmd} status   # this sheet again, from another shell",
     ]
     if first_vm:
+        psql = (
+            f"  ip netns exec {client['ns']} psql -h {first_vm['ip']} -U postgres   # a VM's Postgres"
+            if info.get("psql", "psql")
+            else "  (psql is not installed: apt-get install postgresql-client-15)"
+        )
         lines += [
-            f"  ip netns exec {client['ns']} psql -h {first_vm['ip']} -U postgres   # a VM's Postgres",
+            psql,
             f"  ip netns exec {client['ns']} ping {first_vm['ip']}",
             f"  ip netns exec {first_vm['guest']} bash                     # a shell in a VM",
         ]

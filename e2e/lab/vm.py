@@ -266,6 +266,29 @@ def start_echo(run: RunNamespaces, vm: LabVM) -> subprocess.Popen[bytes]:
     return run.popen(vm.ns, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def stop_processes(vms: list[LabVM], *, timeout: float = 2.0) -> None:
+    """End every VM's processes at once: Postgres by SIGQUIT, the rest by SIGTERM.
+
+    SIGQUIT is Postgres's immediate shutdown; its data dir is thrown away next,
+    and the SIGTERM that removing the namespace would send is a "smart"
+    shutdown that waits for clients. What is still alive after ``timeout``
+    is killed.
+    """
+    procs = [p for vm in vms for p in vm.procs if p.poll() is None]
+    for proc in procs:
+        argv = proc.args if isinstance(proc.args, list) else [proc.args]
+        is_postgres = any(str(a).endswith("/postgres") for a in argv)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGQUIT if is_postgres else signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def remove_datadir(vm: LabVM) -> None:
     shutil.rmtree(vm.datadir, ignore_errors=True)
 

@@ -196,12 +196,12 @@ class QemuLab(Lab):
         self.cluster.delete_pod(runner.pod)
         remove_namespace(runner.attachment.pod_ns)
 
-    def close(self, *, keep_logs: bool = False) -> None:
+    def close(self, *, keep_logs: bool = False) -> Path | None:
         # Background removals first: they stop guests of their own.
         self._cleanup.shutdown(wait=True, cancel_futures=True)
         for guest in [*self.guests.values(), *self.targets.values()]:
             guest.stop()
-        super().close(keep_logs=keep_logs)
+        return super().close(keep_logs=keep_logs)
 
 
 def guest_network(network: VMNetwork) -> GuestNetwork:

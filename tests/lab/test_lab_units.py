@@ -14,11 +14,34 @@ Scenarios:
 - the minimal Postgres protocol decoding (data rows, errors);
 - preflight: not root and missing Postgres binaries are reported with the fix,
   and the gate exits 2 with them, without a traceback.
+- arguments: every bad value of every gate flag (negative pause, rate, spacing,
+  NaN, a stall bound below the pause, a no-progress bound under 1 s, no
+  migrations, more nodes than the underlay /24 holds, too many VMs or too few
+  clients) is refused with its own flag and range named, exit 2, before
+  anything starts; ``--spacing 0`` is accepted; ``up`` checks the same;
+- output paths: ``--json``/``--junit`` in a missing directory or naming a
+  directory, ``--log-dir`` under /proc or naming a file are refused with exit
+  2 and nothing is created; a JSON file that cannot be written after a PASS is
+  an error line and exit 1, never a traceback, the table still printed;
+- interruption: SIGINT exits 130 and SIGTERM 143 with "interrupted", also when a
+  child saw the Ctrl-C first and the lab failed because of it; the probe
+  ignores the terminal's SIGINT (no traceback, still gives its result when its
+  stdin closes) and ends quietly on SIGTERM;
+- logs: a lab's temp dir goes entirely unless its logs are kept and there are
+  logs; only a log dir with files is ever pointed at;
+- the cheat sheet names vmoverlay-lab by an absolute path that exists.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -270,3 +293,280 @@ def test_gate_reports_missing_prerequisites_without_traceback(
     assert gate.main(["--vms", "1"]) == 2
     err = capsys.readouterr().err
     assert "cannot run the lab" in err and "not root" in err and "Traceback" not in err
+
+
+# --- arguments, output paths, interruption, logs, cheat sheet ---------------------------
+
+
+def _gate_args(*extra: str) -> list[str]:
+    return ["--vms", "1", "--clients", "2", *extra]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "allowed"),
+    [
+        (["--nodes", "100000"], "--nodes 100000", "2 to 244"),
+        (["--nodes", "1"], "--nodes 1", "2 to 244"),
+        (["--vms", "1000", "--clients", "1000"], "--vms 1000", "1 to 64"),
+        (["--vms", "4", "--clients", "2"], "--clients 2", "at least --vms (4)"),
+        (["--migrations", "0"], "--migrations 0", "1 or more"),
+        (["--pause-ms", "-5"], "--pause-ms -5", "0 or more"),
+        (["--pause-ms", "10000"], "--pause-ms 10000", "below --no-progress-ms"),
+        (["--rate", "-1"], "--rate -1", "0 (unlimited) or more"),
+        (["--spacing", "-1"], "--spacing -1", "0 or more seconds"),
+        (["--spacing", "nan"], "--spacing nan", "0 or more seconds"),
+        (["--max-stall-ms", "-1"], "--max-stall-ms -1", "above --pause-ms (100)"),
+        (["--max-stall-ms", "100"], "--max-stall-ms 100", "above --pause-ms (100)"),
+        (["--no-progress-ms", "0"], "--no-progress-ms 0", "1000 or more"),
+    ],
+)
+def test_gate_refuses_each_bad_value_naming_its_flag(
+    argv: list[str], flag: str, allowed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from e2e.lab import gate
+
+    with pytest.raises(SystemExit) as exit_info:
+        gate.parse_args(["--vms", "1", "--clients", "2", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err  # one problem, one line: the flag at fault and no other
+    assert flag in lines[0] and allowed in lines[0]
+    assert "Traceback" not in err
+
+
+def test_gate_accepts_defaults_and_zero_spacing() -> None:
+    from e2e.lab import gate
+    from e2e.lab.lab import node_address
+
+    args = gate.parse_args(["--spacing", "0", "--rate", "0", "--pause-ms", "0", "--nodes", "244"])
+    assert args.spacing == 0 and args.nodes == 244
+    assert gate.parse_args([]).migrations == 6
+    from e2e.lab.limits import max_nodes
+
+    assert node_address(max_nodes()) == "198.18.0.254"
+
+
+def test_up_refuses_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
+    from e2e.lab import up
+
+    with pytest.raises(SystemExit) as exit_info:
+        up.main(["--nodes", "100000", "--vms", "0", "--log-dir", "/proc/nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--nodes 100000: must be 2 to 244" in err
+    assert "--vms 0: must be 1 to 64" in err
+    assert "--log-dir /proc/nope" in err
+
+
+def test_output_paths_checked_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from e2e.lab import gate
+    from e2e.lab.limits import output_problems
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    before = sorted(tmp_path.iterdir())
+    found = output_problems(
+        json_path=tmp_path / "missing" / "x.json",
+        junit_path=tmp_path,
+        log_dir=a_file,
+    )
+    assert len(found) == 3
+    assert found[0].startswith("--json ") and "does not exist" in found[0]
+    assert found[1].startswith("--junit ") and "is a directory" in found[1]
+    assert found[2].startswith("--log-dir ") and "not a directory" in found[2]
+    assert (
+        output_problems(
+            json_path=tmp_path / "x.json",
+            junit_path=tmp_path / "x.xml",
+            log_dir=tmp_path / "new" / "logs",
+        )
+        == []
+    )
+    assert sorted(tmp_path.iterdir()) == before  # the checks created nothing
+
+    for argv in (
+        ["--json", "/nonexistent/dir/x.json"],
+        ["--junit", "/nonexistent/dir/x.xml"],
+        ["--log-dir", "/proc/nope"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            gate.parse_args(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"error: {argv[0]} {argv[1]}" in err and "Traceback" not in err
+    assert not Path("/proc/nope").exists()
+
+
+def _fake_doc(passed: bool = True) -> dict[str, object]:
+    per = report.analyse([], [], [], [], 0.0)
+    totals = Totals(
+        clients=2,
+        transactions=10,
+        failed_transactions=0,
+        broken_connections=0,
+        planned_migrations=1,
+    )
+    doc: dict[str, object] = report.summary(per, totals, max_stall_ms=None, settings={})
+    doc["duration_s"] = 1.0
+    doc["passed"] = passed
+    return doc
+
+
+def _quiet_gate(monkeypatch: pytest.MonkeyPatch, run: object) -> object:
+    from e2e.lab import gate
+
+    monkeypatch.setattr(gate.preflight, "problems", lambda: [])
+    monkeypatch.setattr(gate, "_raise_on_signals", lambda: None)
+    monkeypatch.setattr(gate.Gate, "run", run)
+    return gate
+
+
+def test_unwritable_output_after_a_pass_is_an_error_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def run(_self: object) -> dict[str, object]:
+        out.rmdir()  # the directory goes while the gate runs
+        return _fake_doc()
+
+    gate = _quiet_gate(monkeypatch, run)
+    junit = tmp_path / "j.xml"
+    code = gate.main(["--json", str(out / "x.json"), "--junit", str(junit)])  # type: ignore[attr-defined]
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "failed to write the JSON summary" in captured.err and "--json" in captured.err
+    assert "(PASS) stands" in captured.err and "Traceback" not in captured.err
+    assert "verdict" in captured.out.lower() or captured.out.strip()  # the table was printed
+    assert ET.fromstring(junit.read_text()) is not None  # the other output was still written
+
+
+@pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143)])
+def test_interrupted_exit_codes(
+    signum: int, code: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from e2e.lab.gate import Interrupted
+
+    def run(_self: object) -> dict[str, object]:
+        raise Interrupted(signum)
+
+    gate = _quiet_gate(monkeypatch, run)
+    assert gate.main(_gate_args()) == code  # type: ignore[attr-defined]
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "failed" not in err
+
+
+def test_a_child_seeing_ctrl_c_first_is_still_an_interruption(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from e2e.lab.probe import ProbeError
+
+    def run(_self: object) -> dict[str, object]:
+        gate._received.append(2)  # type: ignore[attr-defined]  # the handler ran meanwhile
+        raise ProbeError("the probe for 198.19.0.5 gave no result")
+
+    gate = _quiet_gate(monkeypatch, run)
+    monkeypatch.setattr(gate, "_received", [])
+    assert gate.main(_gate_args()) == 130  # type: ignore[attr-defined]
+    err = capsys.readouterr().err
+    assert "interrupted (SIGINT)" in err and "the lab failed" not in err
+
+
+def _start_probe() -> subprocess.Popen[str]:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the probe records breaks, that is fine
+    argv = [sys.executable, "-m", "e2e.lab.probe", "--host", "127.0.0.1"]
+    argv += ["--pg-port", str(port), "--udp-port", str(port), "--bound", "1"]
+    proc = subprocess.Popen(
+        argv,
+        cwd=Path(__file__).resolve().parents[2],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # break events may come first: nothing listens on the port
+        if json.loads(line)["event"] == "ready":
+            return proc
+    raise AssertionError(f"the probe never got ready: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def test_probe_ignores_the_terminals_sigint_and_ends_quietly_on_sigterm() -> None:
+    proc = _start_probe()
+    try:
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.5)  # still running: the gate decides when it stops
+        out, err = proc.communicate(input="", timeout=30)
+        assert proc.returncode == 0 and "Traceback" not in err
+        assert '"event": "result"' in out
+
+        proc = _start_probe()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143 and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_lab_temp_dir_keeps_only_logs_that_exist(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from e2e.lab.lab import Lab, LabConfig, has_files
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def new_lab() -> Lab:
+        return Lab(LabConfig(), SimpleNamespace(run_id="abc123"))  # type: ignore[arg-type]
+
+    lab = new_lab()  # failed before it wrote a log: nothing to point at, nothing kept
+    assert not has_files(lab.log_dir)
+    assert lab._remove_tmp(keep_logs=True) is None
+    assert list(tmp_path.iterdir()) == []
+
+    lab = new_lab()  # failed with logs: only the logs stay, and that is where they are
+    (lab.log_dir / "agent-n1.log").write_text("boom\n")
+    (lab._tmp / "kubeconfig").write_text("x")
+    assert lab._remove_tmp(keep_logs=True) == lab.log_dir
+    assert [p.name for p in lab._tmp.iterdir()] == ["logs"]
+    shutil.rmtree(lab._tmp)
+
+    lab = new_lab()  # passed or interrupted: everything goes
+    (lab.log_dir / "agent-n1.log").write_text("fine\n")
+    assert lab._remove_tmp(keep_logs=False) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cheat_sheet_commands_run_as_printed() -> None:
+    from e2e.lab import sheet
+
+    info = {
+        "run_id": "abc123",
+        "fabric": "vmo-abc123-fabric",
+        "control_plane": "vmo-abc123-cp",
+        "kubeconfig": "/tmp/k",
+        "log_dir": "/tmp/logs",
+        "nodes": {"n1": "vmo-abc123-n1"},
+        "vms": {},
+        "client": {"ns": "vmo-abc123-cl", "ip": "198.19.0.9", "node": "n1"},
+        "lab_command": sheet.lab_command(),
+        "kubectl": None,
+        "psql": None,
+    }
+    text = sheet.render(info)
+    command = info["lab_command"]
+    assert Path(str(command)).is_absolute() and Path(str(command)).exists()
+    assert f"  {command} check --run abc123" in text
+    assert not [line for line in text.splitlines() if line.lstrip().startswith("vmoverlay-lab ")]
+    assert "kubectl is not installed" in text
