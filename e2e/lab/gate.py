@@ -368,7 +368,10 @@ class Gate:
         if self.args.log_dir:
             for name, probe in zip(vms, data, strict=True):
                 path = self.args.log_dir / f"probe-{name}.json"
-                path.write_text(json.dumps(probe.__dict__))
+                try:
+                    path.write_text(json.dumps(probe.__dict__))
+                except OSError as exc:  # a log that cannot be kept changes no verdict
+                    log.warning("failed to write the probe's data", path=str(path), error=str(exc))
         lab.wait_cleanups(self.reasons)
         self._check_networks(lab, networks)
         end = load_end
