@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from e2e.lab.sheet import sheet_path
+from e2e.lab.sheet import lab_command, sheet_path
 from e2e.netns import (
     PREFIX,
     STATE_DIR,
@@ -66,7 +66,7 @@ def run_problem(run_id: str, *, tmp_root: Path | None = None) -> str | None:
     if not known:
         return (
             f"no run {run_id}: no namespace, pid file or temp dir of it "
-            "(vmoverlay-lab status lists the runs)"
+            f"({lab_command()} status lists the runs)"
         )
     return None
 

@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from e2e.lab.sheet import render, sheet_path
+from e2e.lab.sheet import lab_command, render, sheet_path
 from e2e.netns import PREFIX, STATE_DIR, leftover_runs, list_namespaces, run_is_alive
 
 
@@ -42,12 +42,15 @@ def main(argv: list[str]) -> int:
         print(json.dumps(info, indent=2))
         return 0
     if not info["labs"]:
-        print("no lab is up (start one with: vmoverlay-lab up)")
+        print(f"no lab is up (start one with: {lab_command()} up)")
     for lab in info["labs"]:
         print(render(lab))
         print()
     if info["other_live_runs"]:
         print(f"other live runs (tests, gates): {', '.join(info['other_live_runs'])}")
     for run_id, names in info["leftovers"].items():
-        print(f"leftover of dead run {run_id}: {', '.join(names)}  -> vmoverlay-lab down")
+        print(
+            f"leftover of dead run {run_id}: {', '.join(names)}  -> "
+            f"{lab_command()} down --run {run_id}"
+        )
     return 0
