@@ -312,6 +312,9 @@ class Gate:
                 if args.keep:
                     keep_running(lab, self.display)
                 return doc
+            except Interrupted:
+                outcome = "interrupted"
+                raise
             finally:
                 # A second Ctrl-C must not cut the clean-up short.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)

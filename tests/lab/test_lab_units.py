@@ -28,7 +28,9 @@ Scenarios:
   ignores the terminal's SIGINT (no traceback, still gives its result when its
   stdin closes) and ends quietly on SIGTERM;
 - logs: a lab's temp dir goes entirely unless its logs are kept and there are
-  logs; only a log dir with files is ever pointed at;
+  logs; only a log dir with files is ever pointed at; the gate keeps (and
+  names) them after a lab failure or a FAIL verdict, never after a pass or an
+  interruption, which says "interrupted" instead of "the lab failed";
 - the cheat sheet names vmoverlay-lab by an absolute path that exists.
 """
 
@@ -570,3 +572,74 @@ def test_cheat_sheet_commands_run_as_printed() -> None:
     assert f"  {command} check --run abc123" in text
     assert not [line for line in text.splitlines() if line.lstrip().startswith("vmoverlay-lab ")]
     assert "kubectl is not installed" in text
+
+
+class _FakeLab:
+    """Stands in for Lab in Gate.run: records how it was closed."""
+
+    logs: Path | None = None
+    fail_start: bool = False
+
+    def __init__(self, config: object, run: object, progress: object) -> None:
+        self.closed_with: bool | None = None
+
+    def start(self) -> None:
+        if self.fail_start:
+            from e2e.lab.lab import LabError
+
+            raise LabError("failed to add address 198.18.0.256")
+
+    def close(self, *, keep_logs: bool = False) -> Path | None:
+        self.closed_with = keep_logs
+        return self.logs if keep_logs else None
+
+
+@pytest.mark.parametrize(
+    ("case", "logs", "kept", "said"),
+    [
+        ("interrupted", "/tmp/l", False, None),
+        ("lab failed with logs", "/tmp/l", True, "the lab failed; its logs are in /tmp/l"),
+        ("lab failed without logs", None, True, None),
+        ("verdict FAIL", "/tmp/l", True, "the gate failed; its logs are in /tmp/l"),
+        ("passed", "/tmp/l", False, None),
+    ],
+)
+def test_gate_keeps_and_names_logs_only_when_they_matter(
+    case: str,
+    logs: str | None,
+    kept: bool,
+    said: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import contextlib
+
+    from e2e.lab import gate
+
+    messages: list[str] = []
+    labs: list[_FakeLab] = []
+
+    class Lab(_FakeLab):
+        fail_start = case.startswith("lab failed")
+
+        def __init__(self, *a: object) -> None:
+            super().__init__(*a)
+            self.logs = Path(logs) if logs else None
+            labs.append(self)
+
+    def measure(_self: object, _lab: object) -> dict[str, object]:
+        if case == "interrupted":
+            raise gate.Interrupted(signal.SIGINT)
+        return _fake_doc(passed=case == "passed")
+
+    monkeypatch.setattr(gate, "RunNamespaces", contextlib.nullcontext)
+    monkeypatch.setattr(gate, "lab_class", lambda _mode: Lab)
+    monkeypatch.setattr(gate.Gate, "measure", measure)
+    monkeypatch.setattr(gate.signal, "signal", lambda *_a: None)
+    the_gate = gate.Gate(gate.parse_args(_gate_args()), messages.append)  # type: ignore[arg-type]
+    with contextlib.suppress(gate.Interrupted, gate.LabError):
+        the_gate.run()
+    assert labs[0].closed_with is kept
+    pointed = [m for m in messages if "logs are in" in m]
+    assert pointed == ([said] if said else []), messages
+    if case == "interrupted":
+        assert "interrupted: removing the lab" in messages
