@@ -67,7 +67,8 @@ def gate_problems(args: argparse.Namespace) -> list[str]:
     """Every bad value of the gate's flags, each naming its flag and the allowed range."""
     found = lab_problems(args.nodes, args.vms)
     per_vm_max = (PG_MAX_CONNECTIONS - 10) * max(1, args.vms)
-    if not args.vms <= args.clients <= per_vm_max:
+    vms_ok = 1 <= args.vms <= MAX_VMS  # else --vms is the flag at fault, not --clients
+    if vms_ok and not args.vms <= args.clients <= per_vm_max:
         found.append(
             f"--clients {args.clients}: must be at least --vms ({args.vms}) and at most "
             f"{per_vm_max} ({PG_MAX_CONNECTIONS - 10} per VM: Postgres max_connections is "

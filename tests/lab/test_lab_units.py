@@ -309,7 +309,8 @@ def _gate_args(*extra: str) -> list[str]:
     [
         (["--nodes", "100000"], "--nodes 100000", "2 to 244"),
         (["--nodes", "1"], "--nodes 1", "2 to 244"),
-        (["--vms", "1000", "--clients", "1000"], "--vms 1000", "1 to 64"),
+        (["--vms", "1000"], "--vms 1000", "1 to 64"),
+        (["--vms", "2", "--clients", "1000"], "--clients 1000", "at most 380"),
         (["--vms", "4", "--clients", "2"], "--clients 2", "at least --vms (4)"),
         (["--migrations", "0"], "--migrations 0", "1 or more"),
         (["--pause-ms", "-5"], "--pause-ms -5", "0 or more"),
