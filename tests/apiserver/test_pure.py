@@ -8,7 +8,11 @@ Scenarios:
 - strategic merge: conditions merge by type, finalizers merge as a set,
   $deleteFromPrimitiveList, $patch: delete on a list item and on a map, $retainKeys;
 - schema: type, required, enum, pattern, minimum/maximum, minLength, nested arrays;
-  pruning of unknown fields and defaulting;
+  pruning of unknown fields and defaulting; integers outside int64 (and floats
+  beyond 2^53) are not of type integer nor int-or-string, nor a metadata integer;
+- settings: port, history and bookmark interval ranges (NaN and infinity refused),
+  a data dir that is a file or whose parent is missing; a store refuses a
+  history under 1; a closing store ends new watches at once;
 - names: RFC 1123 subdomain and label checks;
 - rules: what an update keeps (main resource vs /status), which types track
   generation and what counts as a spec change, delete answers, preconditions,
@@ -23,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from e2e.apiserver import patch, rules, selectors, validation
+from e2e.apiserver import patch, rules, selectors, server, validation
 from e2e.apiserver.errors import ApiError
 from e2e.apiserver.resources import Registry
 from e2e.apiserver.store import Store
@@ -353,3 +357,76 @@ def test_continue_tokens() -> None:
     with pytest.raises(ApiError) as err:
         rules.decode_continue("not-a-token")
     assert err.value.code == 400
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (2**63 - 1, True),
+        (-(2**63), True),
+        (2**63, False),
+        (2**64 - 129, False),
+        (-(2**63) - 1, False),
+        (4.0, True),
+        (2.0**60, False),
+    ],
+)
+def test_integer_type_is_int64(value: float, ok: bool) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    causes = validation.validate_schema(schema, {"n": value})
+    assert (causes == []) is ok
+    if not ok:
+        assert causes[0][0] == "n" and 'Invalid value: "number"' in causes[0][2]
+    ios = {"type": "object", "properties": {"n": {"x-kubernetes-int-or-string": True}}}
+    if isinstance(value, int):
+        assert (validation.validate_schema(ios, {"n": value}) == []) is ok
+
+
+def test_metadata_integer_beyond_int64_is_a_decode_error() -> None:
+    problem = validation.decode_problem({"metadata": {"generation": 2**64}}, builtin=True)
+    assert problem is not None and "metadata.generation" in problem and "int64" in problem
+    assert validation.decode_problem({"metadata": {"generation": 2**63 - 1}}, builtin=True) is None
+
+
+@pytest.mark.parametrize(
+    ("check", "good", "bad"),
+    [
+        (server.check_port, [0, 1, 65535], [-1, 65536, 70000]),
+        (server.check_history, [1, 10000, server.MAX_HISTORY], [0, -5, server.MAX_HISTORY + 1]),
+        (
+            server.check_bookmark_interval,
+            [0.001, 5.0, 3600.0],
+            [0.0, -1.0, float("nan"), float("inf"), 3600.5],
+        ),
+    ],
+)
+def test_setting_ranges(check: Any, good: list[float], bad: list[float]) -> None:
+    for value in good:
+        assert check(value) == value
+    for value in bad:
+        with pytest.raises(server.BadSetting, match="out of range"):
+            check(value)
+
+
+def test_data_dir_checks(tmp_path: Any) -> None:
+    file = tmp_path / "f"
+    file.write_text("x")
+    with pytest.raises(server.DataDirError, match="is not a directory"):
+        server.check_data_dir(file)
+    with pytest.raises(server.DataDirError, match="parent"):
+        server.check_data_dir(tmp_path / "a" / "b")
+    assert server.check_data_dir(tmp_path / "a") == tmp_path / "a"
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(server.DataDirError, match="does not exist"):
+        server.check_output_file("kubeconfig", tmp_path / "a" / "kc")
+
+
+def test_store_history_and_closing() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Store(history=0)
+    store = Store(history=1)
+    open_sub = store.subscribe("v1/configmaps")
+    assert store.shut_down_watches() == 1
+    assert open_sub.queue.get_nowait() is None
+    late = store.subscribe("v1/configmaps")
+    assert late.queue.get_nowait() is None

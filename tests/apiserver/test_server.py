@@ -21,7 +21,9 @@ Scenarios:
   a quiet watch is unsubscribed within seconds;
 - fault injection: the next N writes fail with the chosen code (and only for
   the chosen resource), then writes work again; delay slows answers;
-- audit: records User-Agent, verb, resource, subresource and answer code;
+- audit: records User-Agent, verb, resource, subresource and answer code; a
+  create names its object (the body's name, the generated one for generateName,
+  and the taken one for a 409);
 - garbage collection: Orphan keeps dependents, a dependent created with an
   absent owner is collected; deleting a namespace deletes its contents; deleting
   a CRD deletes its objects and its discovery entry;
@@ -423,6 +425,23 @@ def test_audit_records_user_agents(lab_api_module: LabApi) -> None:
         ("list", G, api.POOL_PLURAL)
     ]
     assert lab.audit(verb="list", resource="nodes")[0]["userAgent"].startswith("vxlan-manager")
+
+
+def test_audit_names_created_objects(lab_api_module: LabApi) -> None:
+    lab = lab_api_module
+    lab.clear_audit()
+    core = k8s.CoreV1Api(lab.client(user_agent="audit-create"))
+    core.create_namespaced_config_map("default", {"metadata": {"name": "audit-named"}})
+    made = core.create_namespaced_config_map("default", {"metadata": {"generateName": "audit-"}})
+    with pytest.raises(ApiException):
+        core.create_namespaced_config_map("default", {"metadata": {"name": "audit-named"}})
+    records = lab.audit(user_agent="audit-create", verb="create")
+    assert [(r["resource"], r["namespace"], r["name"], r["code"]) for r in records] == [
+        ("configmaps", "default", "audit-named", 201),
+        ("configmaps", "default", made.metadata.name, 201),
+        ("configmaps", "default", "audit-named", 409),
+    ]
+    assert made.metadata.name.startswith("audit-") and made.metadata.name != "audit-"
 
 
 def test_gc_orphan_and_dangling_owner(lab_api_module: LabApi) -> None:
