@@ -92,6 +92,9 @@ ADOPT_AFTER = 2.0
 # A pool that looks full only because a VM briefly holds two addresses: look again.
 TRANSIENT_FULL_RETRY = 0.2
 
+# A VM waiting for a full pool looks again this often, even without a release event.
+EXHAUSTED_RECHECK = 5.0
+
 # Test-only hooks (never set in production), in seconds: a pause between
 # choosing an address and creating its allocation (C01), between creating it
 # and writing the VM's status (to kill the controller there), and between the
@@ -590,7 +593,9 @@ class IPAMController:
         if self._report(obj, "PoolExhausted", message):
             self.log.warning("pool exhausted", vm=vm.key, pool=layout.name, detail=message)
         wait = self.cooldown.next_expiry(layout.name)
-        return wait + 0.05 if wait is not None else None
+        # Nothing cooling: a release wakes the waiting VMs. One that came between the
+        # claim and joining ``_waiting`` found nobody to wake, so look again anyway.
+        return wait + 0.05 if wait is not None else EXHAUSTED_RECHECK
 
     def _commit(
         self,

@@ -4,7 +4,8 @@ An :class:`Informer` keeps every object of one resource in memory, keyed by
 ``namespace/name`` (or ``name`` when cluster-scoped), and calls a handler for
 each change. It lists, then watches from the list's resourceVersion; a watch
 that ends (server timeout, dropped connection) resumes from the last version
-seen; a 410 Gone (the version is too old) or any other error relists. A
+seen (a stream ended by :meth:`Informer.stop` is not a failure and is logged at
+debug level only); a 410 Gone (the version is too old) or any other error relists. A
 relist compares the fresh list with the cache and reports the differences as
 ADDED / MODIFIED / DELETED, so an object deleted while the watch was down is
 still reported as deleted, with its last known state (also when another
@@ -100,6 +101,9 @@ class Informer:
             except kube.Gone:
                 self._log.info("watch version expired, relisting")
             except kube.KubeError as exc:
+                if self._stop.is_set():
+                    self._log.debug("list/watch ended by stop", error=str(exc))
+                    return
                 delay = next(delays)
                 self._log.warning(
                     "list/watch failed, will relist", error=str(exc), retry_in=f"{delay:.2f}s"
@@ -150,6 +154,10 @@ class Informer:
                         if self._stop.is_set():
                             return
             except kube.Unavailable as exc:
+                if self._stop.is_set():
+                    # stop() closed the stream itself: not a failure.
+                    self._log.debug("watch stream closed by stop", version=version)
+                    return
                 # A dropped stream: resume from the last version; 410 relists.
                 delay = min(5.0, 0.05 * (2**drops))
                 drops += 1

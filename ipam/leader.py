@@ -56,6 +56,7 @@ class LeaseElector:
         self.retry_seconds = retry_seconds
         self.holder: str | None = None
         self.leading = threading.Event()
+        self._write_lock = threading.Lock()
 
     def run(self, stop: threading.Event, *, on_lost: Callable[[], None]) -> None:
         """Block until this replica leads (or ``stop``); then renew in the background."""
@@ -72,7 +73,10 @@ class LeaseElector:
     def _renew_loop(self, stop: threading.Event, on_lost: Callable[[], None]) -> None:
         last_renew = time.monotonic()
         while not stop.wait(self.retry_seconds):
-            if self._try_acquire_or_renew():
+            renewed = self._renew()
+            if renewed is None:
+                return  # released meanwhile: renewing now would take the Lease back
+            if renewed:
                 last_renew = time.monotonic()
             elif time.monotonic() - last_renew > self.renew_seconds:
                 self.leading.clear()
@@ -82,10 +86,19 @@ class LeaseElector:
         self.release()
 
     def release(self) -> None:
-        """Give the Lease up so a standby takes over at once (best effort)."""
-        if not self.leading.is_set():
-            return
-        self.leading.clear()
+        """Give the Lease up so a standby takes over at once (best effort).
+
+        The renew loop stops renewing once ``leading`` is cleared; ``_write_lock``
+        makes a renewal already under way finish first, so it cannot take the Lease
+        back after this empties it.
+        """
+        with self._write_lock:
+            if not self.leading.is_set():
+                return
+            self.leading.clear()
+            self._release_locked()
+
+    def _release_locked(self) -> None:
         try:
             lease = kube.call(self._api.read_namespaced_lease, self.name, self.namespace)
             if lease.spec and lease.spec.holder_identity == self.identity:
@@ -97,6 +110,17 @@ class LeaseElector:
             self._log.warning("failed to release lease; it expires by itself", error=str(exc))
 
     def _try_acquire_or_renew(self) -> bool:
+        with self._write_lock:
+            return self._try_locked()
+
+    def _renew(self) -> bool | None:
+        """Renew while leading: True/False for renewed or not, None once released."""
+        with self._write_lock:
+            if not self.leading.is_set():
+                return None
+            return self._try_locked()
+
+    def _try_locked(self) -> bool:
         try:
             return self._acquire_or_renew()
         except (kube.Conflict, kube.AlreadyExists):

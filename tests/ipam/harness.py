@@ -4,6 +4,7 @@ executable in a subprocess), pools and VMs on the lab API, invariant checks."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -27,8 +28,19 @@ IPAM_BIN = ROOT / ".venv" / "bin" / "ipam-controller"
 NS = "db"
 
 
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20.0) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+def wait_for(
+    what: str,
+    check: Callable[[], T | None],
+    timeout: float = 60.0,
+    *,
+    describe: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``.
+
+    The deadlines are generous on purpose: these are correctness tests that run on a
+    loaded 2-core CI machine, not timing tests. ``describe`` says what was seen instead
+    (called once, on failure), so a timeout explains itself.
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -36,7 +48,8 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20.0) ->
         if last:
             return last
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    seen = describe() if describe is not None else f"last: {last!r}"
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; {seen}")
 
 
 class Lab:
@@ -105,7 +118,7 @@ class Lab:
         net = (self.vm(name, namespace).get("status") or {}).get("network")
         return net if isinstance(net, dict) else None
 
-    def wait_network(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
+    def wait_network(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
         return wait_for(f"status.network of {name}", lambda: self.network(name), timeout)
 
     def condition(self, name: str, kind: str = "NetworkReady") -> dict[str, Any] | None:
@@ -133,11 +146,65 @@ class Lab:
         return list(self.client.sanitize_for_serialization(answer).get("items") or [])
 
 
-def wait_addressed(lab: Lab, count: int, timeout: float = 30.0) -> None:
+def wait_addressed(lab: Lab, count: int, timeout: float = 90.0) -> None:
     def addressed() -> int:
         return sum(1 for v in lab.vms() if (v.get("status") or {}).get("network"))
 
-    wait_for(f"{count} VMs addressed", lambda: addressed() >= count, timeout)
+    wait_for(
+        f"{count} VMs addressed",
+        lambda: addressed() >= count,
+        timeout,
+        describe=lambda: describe_state(lab),
+    )
+
+
+def wait_settled(lab: Lab, timeout: float = 90.0) -> int:
+    """Wait until every VM is addressed and the allocations are exactly the VMs' addresses;
+    return how many VMs there are."""
+
+    def settled() -> int | None:
+        vms, allocs = lab.vms(), lab.allocations()
+        addressed = [v for v in vms if (v.get("status") or {}).get("network")]
+        if vms and len(addressed) == len(vms) == len(allocs):
+            return len(vms)
+        return None
+
+    return wait_for("settled", settled, timeout, describe=lambda: describe_state(lab))
+
+
+def describe_state(lab: Lab, limit: int = 10) -> str:
+    """What the VMs and allocations look like, for a timeout message: "3 VMs without
+    address: db/a, ...; 201 allocations for 200 VMs; allocations without a VM: ..."."""
+    vms, allocs = lab.vms(), lab.allocations()
+
+    def key(obj: dict[str, Any]) -> str:
+        meta = obj["metadata"]
+        return f"{meta.get('namespace')}/{meta['name']}"
+
+    def some(items: list[str]) -> str:
+        more = f" and {len(items) - limit} more" if len(items) > limit else ""
+        return ", ".join(items[:limit]) + more
+
+    unaddressed = sorted(key(v) for v in vms if not (v.get("status") or {}).get("network"))
+    uids = {v["metadata"]["uid"] for v in vms}
+    held: dict[str, list[str]] = {}
+    for a in allocs:
+        held.setdefault(a["spec"]["vm"]["uid"], []).append(a["spec"]["ip"])
+    orphans = [
+        f"{a['metadata']['name']} (vm {a['spec']['vm']['namespace']}/"
+        f"{a['spec']['vm']['name']} uid {a['spec']['vm']['uid']}, "
+        f"created {a['metadata'].get('creationTimestamp')})"
+        for a in allocs
+        if a["spec"]["vm"]["uid"] not in uids
+    ]
+    twice = [f"{uid}: {', '.join(ips)}" for uid, ips in held.items() if len(ips) > 1]
+    parts = [f"{len(allocs)} allocations for {len(vms)} VMs"]
+    parts.append(f"{len(unaddressed)} VMs without address: {some(unaddressed)}")
+    if orphans:
+        parts.append(f"{len(orphans)} allocations without a VM: {some(orphans)}")
+    if twice:
+        parts.append(f"{len(twice)} VMs holding more than one allocation: {some(twice)}")
+    return "; ".join(parts)
 
 
 def check_safety(lab: Lab) -> int:
@@ -219,7 +286,7 @@ def controller(lab_api: LabApi, **config: Any) -> Iterator[IPAMController]:
     starter = threading.Thread(target=ctl.start, daemon=True)
     starter.start()
     try:
-        wait_for("the controller to be ready", ctl.ready.is_set, timeout=20)
+        wait_for("the controller to be ready", ctl.ready.is_set)
         yield ctl
     finally:
         ctl.stop()
@@ -256,15 +323,45 @@ class ControllerProcess:
         log.close()
         return self
 
-    def wait_serving(self, timeout: float = 20.0) -> None:
+    def wait_serving(self, timeout: float = 90.0) -> None:
+        """Wait for this start's "serving" line; fail at once if the process exited."""
+
+        def serving() -> bool:
+            if self.log_text().count('"msg":"serving"') >= self.starts:
+                return True
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"controller exited with {self.proc.returncode} before serving; "
+                    f"{self.log_tail()}"
+                )
+            return False
+
         wait_for(
             f"controller serving (log {self.log_path})",
-            lambda: self.log_text().count('"msg":"serving"') >= self.starts,
+            serving,
             timeout,
+            describe=lambda: f"running: {self.running}; {self.log_tail()}",
         )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 12) -> str:
+        tail = self.log_text().splitlines()[-lines:]
+        return "log tail:\n" + "\n".join(tail) if tail else "log empty"
+
+    def metrics_port(self) -> int:
+        """The health/metrics port of the current start, from its "starting" line."""
+
+        def port() -> int | None:
+            found = re.findall(r'"msg":"starting","metrics":"[^"]*:(\d+)"', self.log_text())
+            return int(found[-1]) if len(found) >= self.starts else None
+
+        return wait_for(f"metrics address in {self.log_path}", port, describe=self.log_tail)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -5,6 +5,8 @@ Scenarios:
 - a holder that stops renewing loses the Lease to the standby once it expires, and the
   Lease's transition count goes up;
 - a clean release empties holderIdentity so the standby takes over at once;
+- after a release the holder's renew loop does not take the Lease back (it once did,
+  within one retry period, so a standby waited out a whole lease);
 - nonsensical timings are refused.
 """
 
@@ -78,8 +80,24 @@ def test_release_hands_over_at_once(lab_api: LabApi) -> None:
     run_in_thread(second, stop_second)
     first.release()
     stop_first.set()
-    wait_for("second leads well before the 30 s lease ends", second.leading.is_set, timeout=5)
+    wait_for("second leads well before the 30 s lease ends", second.leading.is_set, timeout=20)
     stop_second.set()
+
+
+def test_released_lease_is_not_renewed_again(lab_api: LabApi) -> None:
+    Lab(lab_api)
+    first = elector(lab_api, "first", lease=30)
+    stop_first = threading.Event()
+    run_in_thread(first, stop_first)
+    wait_for("first leads", first.leading.is_set)
+    try:
+        first.release()
+        assert lease_spec(lab_api).holder_identity is None
+        time.sleep(10 * first.retry_seconds)  # ten chances for the renew loop
+        assert lease_spec(lab_api).holder_identity is None, "the released Lease was taken back"
+        assert not first.leading.is_set()
+    finally:
+        stop_first.set()
 
 
 def test_bad_timings_are_refused() -> None:
