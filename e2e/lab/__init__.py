@@ -22,6 +22,8 @@ Modules, top-down:
 - :mod:`e2e.lab.pgbench`: pgbench's command lines and output, stamped per line.
 - :mod:`e2e.lab.plan`, :mod:`e2e.lab.report`: pure: who moves where; figures,
   verdict, table, JSON, JUnit.
+- :mod:`e2e.lab.limits`: what ``gate`` and ``up`` accept (flag ranges from the
+  address plan, writable output paths), checked before anything starts.
 - :mod:`e2e.lab.sheet`, :mod:`e2e.lab.up`, :mod:`e2e.lab.down`, :mod:`e2e.lab.status`.
 
 Design choices, and where they improve on the first design:
@@ -62,6 +64,11 @@ Design choices, and where they improve on the first design:
   kernel (the namespace's network stack) keeps running: TCP timers still fire
   during the pause and their segments are dropped at the detached uplink. A
   QEMU guest's kernel stops too (``--mode qemu``, :mod:`e2e.qemu`).
+- Interruption: a terminal's Ctrl-C reaches the gate and its children alike;
+  the helpers ignore it (the probe) or end quietly, and the gate reports
+  "interrupted" with 130 (143 for SIGTERM) even when a child noticed first.
+  It kills the probes and pgbench instead of waiting for their results, ends
+  every VM's Postgres by immediate shutdown, and keeps no logs.
 - Faults: ``--fault agent-kill`` SIGKILLs the target node's agent just before
   the first switch-over and restarts it 1 s later; ``--fault ipam-restart``
   restarts the IPAM controller before the middle migration. Every VM's
