@@ -203,8 +203,10 @@ class LabApiServer:
             if isinstance(exc, DataDirError):
                 raise
             raise DataDirError(
-                f"failed to open data dir {self.data_dir}: {exc}; check it is a writable "
-                "directory, or start without --data-dir"
+                f"failed to open data dir {self.data_dir} "
+                f"({Path(self.data_dir) / 'objects.sqlite3'}): {exc}; check the directory is "
+                "writable and the file is the lab's database (move it away to start empty), "
+                "or start without --data-dir"
             ) from exc
 
     async def stop(self) -> None:

@@ -9,7 +9,8 @@ Scenarios:
 - --data-dir whose parent is missing, and --kubeconfig-out in a missing
   directory, are refused with exit code 2 and nothing is created; a --data-dir
   that is a regular file is refused naming the data dir (not the address); a
-  --data-dir whose parent exists is created (only its last part);
+  --data-dir whose parent exists is created (only its last part); a data dir
+  holding a file that is not a database fails with exit code 1 naming the file;
 - SIGTERM while clients hold open watch streams (one read to its end, some
   kubernetes Watch loops that re-watch at once) exits 0 within seconds, and the
   streams end cleanly;
@@ -103,6 +104,14 @@ def test_refuses_a_data_dir_that_is_a_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"data dir {file}" in result.stderr and "not a directory" in result.stderr
     assert "failed to start on" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_dir_with_a_broken_database(tmp_path: Path) -> None:
+    (tmp_path / "objects.sqlite3").write_bytes(b"not a database, " * 16)
+    result = run_cli("--port", "0", "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert f"data dir {tmp_path} ({tmp_path / 'objects.sqlite3'})" in result.stderr
+    assert "not a database" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_data_dir_is_created_when_its_parent_exists(tmp_path: Path) -> None:

@@ -18,7 +18,9 @@ Scenarios:
   initial-events-end bookmark; cutting watches ends streams and Watch resumes
   from its last resourceVersion without losing events; cutting with reset breaks
   the stream (the client raises ProtocolError); a client that goes away from
-  a quiet watch is unsubscribed within seconds;
+  a quiet watch is unsubscribed within seconds; stopping an in-process server
+  while Watch loops re-watch at once ends their streams and stops (it used to
+  wait for aiohttp's 60 s grace, past the 30 s the thread server allows);
 - fault injection: the next N writes fail with the chosen code (and only for
   the chosen resource), then writes work again; delay slows answers;
 - audit: records User-Agent, verb, resource, subresource and answer code; a
@@ -50,6 +52,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
+from urllib3 import exceptions as urllib3_errors
 from urllib3.exceptions import ProtocolError
 
 from tests.contract.conftest import wait_for
@@ -425,6 +428,30 @@ def test_audit_records_user_agents(lab_api_module: LabApi) -> None:
         ("list", G, api.POOL_PLURAL)
     ]
     assert lab.audit(verb="list", resource="nodes")[0]["userAgent"].startswith("vxlan-manager")
+
+
+def test_stop_with_rewatching_clients(lab_api_inproc: LabApi) -> None:
+    lab = lab_api_inproc
+    core = k8s.CoreV1Api(lab.client())
+    watchers = [watch.Watch() for _ in range(3)]
+    ended: list[str] = []
+
+    def follow(w: watch.Watch) -> None:
+        try:
+            for _ in w.stream(core.list_namespace):
+                pass
+        except (ApiException, urllib3_errors.HTTPError, OSError) as exc:
+            ended.append(type(exc).__name__)  # the server is gone: expected after stop
+
+    threads = [threading.Thread(target=follow, args=(w,), daemon=True) for w in watchers]
+    for t in threads:
+        t.start()
+    wait_for(lambda: lab.stats()["watches"] == 3)
+    lab.stop()  # raises TimeoutError if the server does not stop within 30 s
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert len(ended) == 3
 
 
 def test_audit_names_created_objects(lab_api_module: LabApi) -> None:
