@@ -39,8 +39,10 @@ def build_info(registry: CollectorRegistry, component: str) -> None:
 def parse_listen(addr: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` for IPv6) -> (host, port), with a clear error."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not port.isascii() or not port.isdigit():
         raise ValueError(f"listen address {addr!r} is not HOST:PORT (for example 127.0.0.1:9464)")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {addr!r}: port {int(port)} is out of range 0..65535")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -78,7 +80,9 @@ class HealthServer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop serving; bounded (``shutdown()`` alone waits forever if never started)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:

@@ -200,19 +200,25 @@ class Agent:
             if not all(self._synced.values()) or (retry_at and now < retry_at):
                 continue
             full = now >= next_full or retry_at > 0
-            if self._pass(full=full):
+            error = self._pass(full=full)
+            if error is None:
                 retry_at = 0.0
                 delays = kube.backoff_delays(base=0.5, cap=30.0)
                 if full:
                     next_full = time.monotonic() + self.cfg.resync_period
             else:
-                retry_at = time.monotonic() + next(delays)
+                delay = next(delays)
+                retry_at = time.monotonic() + delay
+                self.log.error(
+                    "reconcile failed, will retry", error=error, full=full, retry_in=f"{delay:.1f}s"
+                )
         self.announcer.stop()
 
-    def _pass(self, *, full: bool) -> bool:
+    def _pass(self, *, full: bool) -> str | None:
+        """One reconcile pass; the error that the caller retries after a back-off, or None."""
         try:
             self.reconcile(full=full)
-            return True
+            return None
         except Collision as exc:
             self.metrics.errors.inc()
             self.snapshot.error = str(exc)
@@ -221,11 +227,11 @@ class Agent:
             self.log.error(
                 "configuration collides with another device; data plane left as is", error=str(exc)
             )
+            return str(exc)
         except (NetlinkFailure, StateError, ConfigError, OSError) as exc:
             self.metrics.errors.inc()
             self.snapshot.error = str(exc)
-            self.log.error("reconcile failed, will retry", error=str(exc), full=full)
-        return False
+            return str(exc)
 
     # ------------------------------------------------------------ reconcile
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from types import FrameType
+import threading
+from typing import TYPE_CHECKING
 
 from vmoverlay import kube
-from vmoverlay.logs import add_logging_args, get_logger, setup_logging
+from vmoverlay.logs import StructLogger, add_logging_args, get_logger, setup_logging
+from vmoverlay.signals import StopSignals
 from vxlan_manager.config import (
     DEFAULT_BRIDGE,
     DEFAULT_DEVICE,
@@ -32,6 +34,9 @@ from vxlan_manager.config import (
     load_config,
 )
 from vxlan_manager.netlink import Collision, NetlinkFailure
+
+if TYPE_CHECKING:
+    from vxlan_manager.agent import Agent
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -197,45 +202,75 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+class StopRequest:
+    """What SIGTERM/SIGINT do: remember the request; stop the agent once it exists.
+
+    Called from :class:`vmoverlay.signals.StopSignals`' thread, never from the
+    signal handler itself: stopping sets Events and logs, which from a handler
+    could deadlock on a lock the interrupted main thread holds.
+    """
+
+    def __init__(self, log: StructLogger) -> None:
+        self.log = log
+        self._lock = threading.Lock()
+        self._agent: Agent | None = None
+        self.requested = False
+
+    def attach(self, agent: Agent) -> None:
+        with self._lock:
+            self._agent, requested = agent, self.requested
+        if requested:
+            agent.stop()
+
+    def __call__(self, sig: signal.Signals) -> None:
+        with self._lock:
+            again, self.requested, agent = self.requested, True, self._agent
+        if again:
+            self.log.info("already stopping", signal=sig.name)
+        else:
+            self.log.info("stopping; the data plane stays up", signal=sig.name)
+        if agent is not None:
+            agent.stop()
+
+
 def run(cfg: AgentConfig) -> int:
     from vxlan_manager.agent import Agent
     from vxlan_manager.health.service import HealthService
 
     log = get_logger("vxlan-manager", node=cfg.node)
-    client = kube.load_client(cfg.kubeconfig)
-    agent = Agent(cfg, client=client, logger=log)
+    stop = StopRequest(log)
+    signals = StopSignals(stop).install()  # first: a SIGTERM during start-up still exits 0
     try:
-        server = agent.serve()
-    except OSError as exc:
-        raise ConfigError(
-            f"failed to listen on metrics address {cfg.metrics_addr}: {exc.strerror}"
-        ) from exc
-    nodes, vms = (lambda: list(agent.nodes.values())), (lambda: list(agent.vms.values()))
-    health = HealthService(cfg, agent.metrics.registry, nodes=nodes, vms=vms)
-    health.serve(server, status=agent.status)  # GET /health; "probes" in /status
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping; the data plane stays up", signal=signal.Signals(signum).name)
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    host, port = server.address
-    log.info(
-        "vxlan-manager starting",
-        vni=cfg.vni,
-        port=cfg.port,
-        device=cfg.device,
-        bridge=cfg.bridge,
-        metrics=f"{host}:{port}",
-        underlay=cfg.underlay_address or cfg.underlay_interface or "from Node object",
-    )
-    try:
-        health.start()  # the prober thread
-        agent.run()
+        client = kube.load_client(cfg.kubeconfig)
+        agent = Agent(cfg, client=client, logger=log)
+        try:
+            server = agent.serve()
+        except OSError as exc:
+            raise ConfigError(
+                f"failed to listen on metrics address {cfg.metrics_addr}: {exc.strerror}"
+            ) from exc
+        nodes, vms = (lambda: list(agent.nodes.values())), (lambda: list(agent.vms.values()))
+        health = HealthService(cfg, agent.metrics.registry, nodes=nodes, vms=vms)
+        health.serve(server, status=agent.status)  # GET /health; "probes" in /status
+        host, port = server.address
+        log.info(
+            "vxlan-manager starting",
+            vni=cfg.vni,
+            port=cfg.port,
+            device=cfg.device,
+            bridge=cfg.bridge,
+            metrics=f"{host}:{port}",
+            underlay=cfg.underlay_address or cfg.underlay_interface or "from Node object",
+        )
+        stop.attach(agent)
+        try:
+            health.start()  # the prober thread
+            agent.run()
+        finally:
+            health.stop()  # each stop below waits a bounded time
+            server.stop()
     finally:
-        health.stop()
-        server.stop()
+        signals.close()
     return EXIT_OK
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from vmoverlay.metrics import parse_listen
+
 DEFAULT_VNI = 4242
 DEFAULT_PORT = 4789
 DEFAULT_DEVICE = "vmo-vx0"
@@ -183,16 +185,24 @@ def validate(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError(f"vni {cfg.vni} is out of range: use 1..{MAX_VNI}")
     if not 1 <= cfg.port <= 65535:
         raise ConfigError(f"port {cfg.port} is out of range: use 1..65535")
-    for key in ("device", "bridge"):
+    for key in ("device", "bridge", "underlay_interface"):
         name = getattr(cfg, key)
-        if not name or len(name) > IFNAMSIZ or "/" in name or " " in name:
-            raise ConfigError(f"{key} name {name!r} is not a valid interface name (1-15 chars)")
+        if key == "underlay_interface" and name is None:
+            continue
+        if not name or len(name) > IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
+            raise ConfigError(
+                f"{key} name {name!r} is not a valid interface name (1-15 chars, no / or space)"
+            )
     if cfg.device == cfg.bridge:
         raise ConfigError(f"device and bridge must differ; both are {cfg.device!r}")
     if cfg.mtu is not None and not MIN_MTU <= cfg.mtu <= MAX_MTU:
         raise ConfigError(f"mtu {cfg.mtu} is out of range: use {MIN_MTU}..{MAX_MTU}")
     if cfg.resync_period <= 0:
         raise ConfigError(f"resync period {cfg.resync_period} must be positive (seconds)")
+    try:
+        parse_listen(cfg.metrics_addr)
+    except ValueError as exc:
+        raise ConfigError(f"metrics_addr: {exc}") from exc
     address = cfg.underlay_address
     if address is not None:
         try:
@@ -235,7 +245,10 @@ def resolve_underlay(
     if address is None and cfg.underlay_interface:
         iface = next((i for i in ifaces if i.name == cfg.underlay_interface), None)
         if iface is None:
-            raise ConfigError(f"underlay interface {cfg.underlay_interface} does not exist")
+            raise ConfigError(
+                f"underlay interface {cfg.underlay_interface} does not exist: waiting for it "
+                "to appear; if it never will, fix --underlay-interface"
+            )
         usable = [a for a in iface.addresses if not ipaddress.ip_address(a).is_link_local]
         if not usable:
             raise ConfigError(

@@ -3,7 +3,8 @@
 Scenarios:
 - defaults (VNI 4242, port 4789, vmo-vx0/vmo-br0, learning off, 60 s resync, 127.0.0.1:9464);
 - precedence: file < environment < flags; YAML and JSON files; unknown keys refused;
-- validation errors name the key: VNI range, port range, names, MTU, missing node, bad address;
+- validation errors name the key: VNI range, port range, names (also the underlay
+  interface's), MTU, missing node, bad address, metrics address not HOST:PORT or port > 65535;
 - underlay: from the flag, from the interface, from the node's VTEP; MTU 1500 -> 1450
   (IPv4) / 1430 (IPv6), 9000 -> 8950, configured 1400 wins; address on no interface refused.
 """
@@ -64,6 +65,12 @@ def test_unknown_key_in_file_refused(tmp_path: Path) -> None:
         ({"underlay_address": "198.18.0.300"}, "is not an IP address"),
         ({"vni": "abc"}, "vni: 'abc' is not a valid int"),
         ({"learning": "maybe"}, "learning"),
+        ({"metrics_addr": "nonsense"}, "metrics_addr: listen address 'nonsense' is not HOST:PORT"),
+        ({"metrics_addr": "127.0.0.1:99999"}, "metrics_addr: .*port 99999 is out of range"),
+        ({"metrics_addr": "127.0.0.1:"}, "metrics_addr"),
+        ({"underlay_interface": "eth0/x"}, "underlay_interface name"),
+        ({"underlay_interface": "a-very-long-interface"}, "underlay_interface name"),
+        ({"underlay_interface": ""}, "underlay_interface name"),
     ],
 )
 def test_validation_errors(flags: dict[str, object], message: str) -> None:
