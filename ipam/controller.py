@@ -359,8 +359,11 @@ class IPAMController:
                 delay = self.queue.retry(item)
                 self.metrics.error(type(exc).__name__.lower())
                 # A conflict is optimistic concurrency doing its job (another writer
-                # was first, mostly a second controller); anything else is worth a warning.
-                report = self.log.info if isinstance(exc, kube.Conflict) else self.log.warning
+                # was first, mostly a second controller), and NotFound is an object
+                # deleted meanwhile (the retry finds it gone); anything else is worth
+                # a warning.
+                quiet = isinstance(exc, (kube.Conflict, kube.NotFound))
+                report = self.log.info if quiet else self.log.warning
                 report(
                     f"failed to handle {item[0]}, will retry",
                     key=item[1],
@@ -520,7 +523,7 @@ class IPAMController:
         wait = self._other_is_committing(held)
         if wait is not None:
             return wait
-        if own:
+        if own and not self._is_mine(held):
             self.log.info("adopting allocation already made for VM", vm=vm.key, ip=held.alloc.ip)
         self._commit(vm, obj, layout, held.alloc.ip, held.object_uid, started)
         return None
@@ -538,6 +541,10 @@ class IPAMController:
             first_seen = self._seen_at.setdefault(held.object_uid, time.monotonic())
         age = time.monotonic() - first_seen
         return ADOPT_AFTER - age + 0.05 if age < ADOPT_AFTER else None
+
+    def _is_mine(self, held: Held) -> bool:
+        with self._lock:
+            return held.object_uid in self._mine
 
     def _resolve_pool(self, vm: api.VirtualMachine) -> tuple[PoolLayout | None, str, str]:
         with self._lock:
