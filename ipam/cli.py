@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
-from types import FrameType
 from typing import Any
 
 from ipam.allocator import PoolInvalid, parse_network
@@ -34,6 +32,7 @@ from ipam.metrics import IPAMMetrics
 from vmoverlay import kube
 from vmoverlay.logs import StructLogger, add_logging_args, get_logger, setup_logging
 from vmoverlay.metrics import HealthServer, parse_listen
+from vmoverlay.signals import StopSignals
 
 DEFAULT_METRICS_ADDR = "127.0.0.1:9465"
 LEASE_NAME = "vmoverlay-ipam"
@@ -123,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         log.error(f"failed to listen on {args.metrics_addr}: {exc}; pick another --metrics-addr")
         return 1
     stop, lost, failed = threading.Event(), threading.Event(), threading.Event()
-    _on_signals(stop)
+    signals = StopSignals(lambda _sig: stop.set()).install()
     host, port = server.address
     log.info("starting", metrics=f"{host}:{port}", leader_elect=elector is not None)
 
@@ -143,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     server.stop()
     reason = "lost leadership" if lost.is_set() else "start-up failed" if failed.is_set() else ""
     log.info("stopped", reason=reason or "signal")
+    signals.close()
     return 1 if reason else 0
 
 
@@ -186,14 +186,6 @@ def _start(controller: IPAMController, stop: threading.Event, failed: threading.
         controller.log.error(f"failed to start the controller: {exc}; check the API server")
         failed.set()
         stop.set()
-
-
-def _on_signals(stop: threading.Event) -> None:
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
 
 
 def _positive_int(text: str) -> int:
