@@ -35,7 +35,7 @@ from e2e.netns import RunNamespaces
 from vxlan_manager.desired import ZERO_MAC
 
 from .cluster import BIN, Cluster
-from .topo import fdb, link_json, ping, vxlan_info, wait_for
+from .topo import add_flannel_like, fdb, link_json, ping, vxlan_info, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -63,24 +63,7 @@ def test_three_nodes_entries_traffic_and_node_departure(cluster: Cluster) -> Non
     c = cluster
     run = c.run
     na, nb, nc = c.nodes["na"], c.nodes["nb"], c.nodes["nc"]
-    run.check(
-        na.ns,
-        [
-            "ip",
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "dstport",
-            "8472",
-            "local",
-            na.ip,
-            "nolearning",
-        ],
-    )
+    add_flannel_like(run, na.ns, na.ip, "nolearning")
     run.check(na.ns, ["bridge", "fdb", "append", ZERO_MAC, "dev", "flannel.1", "dst", nc.ip])
     flannel = (link_json(run, na.ns, "flannel.1"), fdb(run, na.ns, "flannel.1"))
     c.put_vm("pg-1", "na", ip="198.19.0.1", mac=MAC1)
@@ -192,23 +175,7 @@ def test_migration_announces_arrival(cluster: Cluster) -> None:
 def test_collision_refused_by_the_process(cluster: Cluster) -> None:
     c = cluster
     na = c.nodes["na"]
-    c.run.check(
-        na.ns,
-        [
-            "ip",
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "dstport",
-            "8472",
-            "local",
-            na.ip,
-        ],
-    )
+    add_flannel_like(c.run, na.ns, na.ip)
     before = link_json(c.run, na.ns, "flannel.1")
     proc = c.start_agent("na", "--vni", "1", "--port", "8472")
     assert proc.wait(timeout=20) == 3
@@ -297,23 +264,7 @@ def test_teardown_removes_only_what_we_own(cluster: Cluster) -> None:
     c = cluster
     run = c.run
     na = c.nodes["na"]
-    run.check(
-        na.ns,
-        [
-            "ip",
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "dstport",
-            "8472",
-            "local",
-            na.ip,
-        ],
-    )
+    add_flannel_like(run, na.ns, na.ip)
     c.start_agent("na")
     c.wait_ready("na")
     c.stop_agent("na")

@@ -40,7 +40,7 @@ from vxlan_manager.dataplane import Dataplane
 from vxlan_manager.desired import ZERO_MAC, DesiredState, desired_state
 from vxlan_manager.netlink import Collision, Kernel, NetlinkFailure, dump
 
-from .topo import Fabric, NodeNs, fdb, link_json, ping, tcp_transfer, vxlan_info
+from .topo import Fabric, NodeNs, add_flannel_like, fdb, link_json, ping, tcp_transfer, vxlan_info
 
 pytestmark = pytest.mark.root
 
@@ -218,24 +218,7 @@ def test_ownership_stray_foreign_and_flannel_entries(
     a = agents[0]
     ns = a.node.ns
     nodes = nodes_of(fab)
-    run.check(
-        ns,
-        [
-            "ip",
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "dstport",
-            "8472",
-            "local",
-            a.node.ip,
-            "nolearning",
-        ],
-    )
+    add_flannel_like(run, ns, a.node.ip, "nolearning")
     run.check(ns, ["bridge", "fdb", "append", ZERO_MAC, "dev", "flannel.1", "dst", "198.18.0.77"])
     run.check(
         ns,
@@ -273,26 +256,7 @@ def flannel_snapshot(run: RunNamespaces, ns: str) -> dict[str, Any]:
 
 
 def add_flannel(run: RunNamespaces, node: NodeNs) -> None:
-    run.check(
-        node.ns,
-        [
-            "ip",
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "dstport",
-            "8472",
-            "local",
-            node.ip,
-            "dev",
-            "eth0",
-            "nolearning",
-        ],
-    )
+    add_flannel_like(run, node.ns, node.ip, "dev", "eth0", "nolearning")
     run.check(node.ns, ["ip", "link", "set", "flannel.1", "up"])
 
 

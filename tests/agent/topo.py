@@ -204,3 +204,9 @@ def tcp_transfer(run: RunNamespaces, server_ns: str, client_ns: str, ip: str, nb
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def add_flannel_like(run: RunNamespaces, ns: str, local: str, *extra: str) -> None:
+    """A ``flannel.1``-like VXLAN device (VNI 1, UDP 8472) in ``ns``, as Flannel makes it."""
+    argv = ["ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "dstport", "8472"]
+    run.check(ns, [*argv, "local", local, *extra])
