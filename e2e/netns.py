@@ -194,6 +194,12 @@ def remove_leftovers(only: str | None = None) -> Iterator[str]:
             remove_namespace(name)
             yield name
         (STATE_DIR / f"{run_id}.pid").unlink(missing_ok=True)
+    # A run killed before it made a namespace (or after it removed them) leaves only
+    # its pid file; drop those of dead runs too, never a live run's.
+    for pidfile in STATE_DIR.glob("*.pid"):
+        run_id = pidfile.stem
+        if (only is None or run_id == only) and not run_is_alive(run_id):
+            pidfile.unlink(missing_ok=True)
 
 
 def enter_thread(name: str) -> None:

@@ -36,3 +36,18 @@ def test_refuses_foreign_namespace() -> None:
     with pytest.raises(nsmod.NetnsError, match="not a vmoverlay namespace"):
         nsmod.remove_namespace("flannel-test")
     assert os.getpid() > 0
+
+
+def test_down_drops_the_pid_file_of_a_dead_run_without_namespaces(
+    netns: nsmod.RunNamespaces,
+) -> None:
+    dead = nsmod.STATE_DIR / "dead00.pid"
+    dead.write_text("999999999\n")  # beyond pid_max: no such process
+    try:
+        assert list(nsmod.remove_leftovers(only="dead00")) == []
+        assert not dead.exists()
+        assert nsmod.run_is_alive(netns.run_id)
+        list(nsmod.remove_leftovers(only=netns.run_id))
+        assert (nsmod.STATE_DIR / f"{netns.run_id}.pid").exists()
+    finally:
+        dead.unlink(missing_ok=True)
