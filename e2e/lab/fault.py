@@ -30,7 +30,6 @@ python3-nftables), run in a thread that has entered the node's namespace.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import signal
@@ -47,8 +46,8 @@ from e2e.lab.check import LabInfo, LabNotFound, add_lab_arguments, find_lab, in_
 from e2e.netns import STATE_DIR
 from vmoverlay.logs import add_logging_args, get_logger, setup_logging
 from vxlan_manager.config import DEFAULT_BRIDGE, DEFAULT_DEVICE
-from vxlan_manager.desired import ZERO_MAC, FdbEntry
-from vxlan_manager.netlink import NTF_SELF, NUD_STATIC, Kernel
+from vxlan_manager.desired import ZERO_MAC, FdbEntry, FdbPlan
+from vxlan_manager.netlink import NTF_SELF, NUD_STATIC, Kernel, NetlinkFailure
 
 KINDS = ("drop-vxlan", "mtu", "fdb", "vni", "stop-agent")
 DEFAULT_FAULT_MTU = 1400
@@ -344,26 +343,16 @@ def _fdb_entries(ns: str) -> set[FdbEntry]:
 
 
 def _fdb(ns: str, command: str, entry: FdbEntry) -> None:
+    """Add (``append``) or remove (``del``) one FDB entry, as the agent itself does."""
+    plan = FdbPlan(remove=(entry,)) if command == "del" else FdbPlan(add=(entry,))
     with IPRoute(netns=ns) as ipr:
         index = _ifindex(ipr, ns, DEFAULT_DEVICE)
         try:
-            ipr.neigh(
-                command,
-                family=socket.AF_BRIDGE,
-                ifindex=index,
-                lladdr=entry.mac,
-                dst=entry.dst,
-                state=NUD_STATIC,
-                flags=NTF_SELF,
-            )
-        except NetlinkError as exc:
-            if (command == "del" and exc.code == errno.ENOENT) or exc.code == errno.EEXIST:
-                return
-            raise netlink_failure(
-                command,
-                f"FDB entry {entry.mac} toward {entry.dst} in {ns}",
-                exc,
-                f"`bridge fdb show dev {DEFAULT_DEVICE}` in {ns}; the agent's resync restores it",
+            Kernel(ipr).apply_fdb(index, plan)
+        except NetlinkFailure as exc:
+            raise FaultError(
+                f"{exc} (in {ns}); `bridge fdb show dev {DEFAULT_DEVICE}` in {ns}; "
+                "the agent's resync restores it"
             ) from exc
 
 
