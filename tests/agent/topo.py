@@ -39,27 +39,7 @@ class Fabric:
     def add_node(self, name: str, index: int, *, mtu: int = 1500, ipv6: bool = False) -> NodeNs:
         ns = self.run.add(name)
         port = f"u-{name}"
-        self.run.check(
-            self.fabric,
-            [
-                "ip",
-                "link",
-                "add",
-                port,
-                "mtu",
-                str(mtu),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns,
-                "mtu",
-                str(mtu),
-            ],
-        )
-        self.run.check(self.fabric, ["ip", "link", "set", port, "master", "sw0", "up"])
+        self._plug(self.fabric, "sw0", port, ns, mtu)
         ip = f"198.18.0.{10 + index}"
         self.run.check(ns, ["ip", "addr", "add", f"{ip}/24", "dev", "eth0"])
         ip6 = None
@@ -71,31 +51,17 @@ class Fabric:
         self.nodes.append(node)
         return node
 
+    def _plug(self, where: str, bridge: str, port: str, ns: str, mtu: int) -> None:
+        """A veth made in ``where``: ``port`` on ``bridge`` there, its peer ``eth0`` in ``ns``."""
+        veth = ["ip", "link", "add", port, "mtu", str(mtu), "type", "veth", "peer", "name"]
+        self.run.check(where, [*veth, "eth0", "netns", ns, "mtu", str(mtu)])
+        self.run.check(where, ["ip", "link", "set", port, "master", bridge, "up"])
+
     def add_vm(self, node: NodeNs, role: str, ip: str, *, mac: str, mtu: int) -> str:
         """A VM namespace with eth0 (``mac``, ``ip``/16) plugged into the node's bridge."""
         ns = self.run.add(role)
         port = f"p-{role}"[:15]
-        self.run.check(
-            node.ns,
-            [
-                "ip",
-                "link",
-                "add",
-                port,
-                "mtu",
-                str(mtu),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns,
-                "mtu",
-                str(mtu),
-            ],
-        )
-        self.run.check(node.ns, ["ip", "link", "set", port, "master", "vmo-br0", "up"])
+        self._plug(node.ns, "vmo-br0", port, ns, mtu)
         self.run.check(ns, ["ip", "link", "set", "eth0", "address", mac])
         self.run.check(ns, ["ip", "addr", "add", f"{ip}/16", "dev", "eth0"])
         self.run.check(ns, ["ip", "link", "set", "eth0", "up"])
