@@ -298,16 +298,26 @@ def test_c06_killed_ten_times_during_a_burst(lab_api: LabApi, tmp_path: Path) ->
         proc.kill()
 
 
+def leader_pair(
+    lab_api: LabApi, tmp_path: Path, *extra: str
+) -> tuple[ControllerProcess, ControllerProcess]:
+    """Two controllers, "first" and "second", with leader election on a 3 s lease."""
+    args = ["--lease-namespace", NS, "--lease-duration", "3", *extra]
+    pair = tuple(
+        ControllerProcess(lab_api, tmp_path, *args, "--identity", name)
+        for name in ("first", "second")
+    )
+    for proc in pair:
+        proc.args.remove("--no-leader-elect")
+    return pair[0], pair[1]
+
+
 def test_leader_election_one_serves_and_the_other_takes_over(
     lab_api: LabApi, tmp_path: Path
 ) -> None:
     lab = Lab(lab_api)
     lab.create_pool("default", "198.19.0.0/24", default=True)
-    args = ["--lease-namespace", NS, "--lease-duration", "3"]
-    first = ControllerProcess(lab_api, tmp_path, *args, "--identity", "first")
-    second = ControllerProcess(lab_api, tmp_path, *args, "--identity", "second")
-    for proc in (first, second):
-        proc.args.remove("--no-leader-elect")
+    first, second = leader_pair(lab_api, tmp_path)
     with first:
         first.wait_serving()
         with second:
@@ -483,11 +493,7 @@ def test_fail_over_keeps_the_cool_down(lab_api: LabApi, tmp_path: Path) -> None:
     """A standby watches while it waits, so it knows which address was freed a moment ago."""
     lab = Lab(lab_api)
     lab.create_pool("tiny", "198.19.0.0/30", default=True)  # two usable addresses
-    args = ["--lease-namespace", NS, "--lease-duration", "3", "--cooldown", "60"]
-    first = ControllerProcess(lab_api, tmp_path, *args, "--identity", "first")
-    second = ControllerProcess(lab_api, tmp_path, *args, "--identity", "second")
-    for proc in (first, second):
-        proc.args.remove("--no-leader-elect")
+    first, second = leader_pair(lab_api, tmp_path, "--cooldown", "60")
     with first:
         first.wait_serving()
         with second:
